@@ -1,0 +1,469 @@
+"""The filesystem interface: what the FUSE server asks of RAFS, passthrough and the pseudo fs.
+
+One method per FUSE operation, with neutral Python types instead of wire structs, so that a
+filesystem never sees protocol bytes and the server never sees filesystem internals.
+`Filesystem` is the base class: every operation defaults to ENOSYS, so a filesystem
+implements what it supports and nothing else. `ReadOnlyFilesystem` wraps any filesystem and
+answers EROFS to everything that would modify it.
+
+Contracts (the same as the kernel's, see linux/include/uapi/linux/fuse.h):
+
+* Node ids (`Ino`) are chosen by the filesystem; 1 is the root. Every `Entry` with a non-zero
+  `ino` returned by lookup, create, mknod, mkdir, symlink or link adds one to that node's
+  lookup count; `forget(ino, n)` takes `n` away, and at zero the filesystem may drop the node.
+  The server calls `lookup` once per READDIRPLUS entry it actually sends, so readdir itself
+  never changes lookup counts.
+* `Attr.ino` is the inode number the guest sees in st_ino; it need not equal the node id.
+* Errors: raise `FsError(errno)` (or an exception carrying an `errno` attribute, such as
+  OSError or RafsError). The server turns it into the reply; nothing else does.
+* Cancellation: every async method may be cancelled when its queue stops (guest reset);
+  it must leave the filesystem consistent when that happens.
+* Buffers passed to `read`/`write` point into guest memory and are valid only until the
+  method returns: never keep them.
+"""
+
+from __future__ import annotations
+
+import os
+import stat as stat_module
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from typing import NewType
+
+from vhostfs.errors import not_supported, read_only
+
+Ino = NewType("Ino", int)
+FileHandle = NewType("FileHandle", int)
+
+ROOT_INO = Ino(1)
+
+
+@dataclass(frozen=True, slots=True)
+class Context:
+    """Who asked: the credentials of the guest process behind a request."""
+
+    uid: int
+    gid: int
+    pid: int
+
+
+@dataclass(frozen=True, slots=True)
+class Attr:
+    """File attributes as the guest sees them (struct fuse_attr, minus the wire layout)."""
+
+    ino: int  # st_ino shown to the guest
+    size: int  # bytes
+    blocks: int  # 512-byte units
+    atime: int  # seconds
+    mtime: int
+    ctime: int
+    atime_ns: int  # nanoseconds part, 0..999_999_999
+    mtime_ns: int
+    ctime_ns: int
+    mode: int  # type and permission bits
+    nlink: int
+    uid: int
+    gid: int
+    rdev: int
+    blksize: int = 4096  # preferred I/O size in bytes
+    flags: int = 0  # FUSE_ATTR_* (SUBMOUNT, DAX)
+
+    @classmethod
+    def from_stat(cls, st: os.stat_result, ino: int | None = None) -> Attr:
+        return cls(
+            ino=st.st_ino if ino is None else ino,
+            size=st.st_size,
+            blocks=st.st_blocks,
+            atime=st.st_atime_ns // 1_000_000_000,
+            mtime=st.st_mtime_ns // 1_000_000_000,
+            ctime=st.st_ctime_ns // 1_000_000_000,
+            atime_ns=st.st_atime_ns % 1_000_000_000,
+            mtime_ns=st.st_mtime_ns % 1_000_000_000,
+            ctime_ns=st.st_ctime_ns % 1_000_000_000,
+            mode=st.st_mode,
+            nlink=st.st_nlink,
+            uid=st.st_uid,
+            gid=st.st_gid,
+            rdev=st.st_rdev,
+            blksize=st.st_blksize,
+        )
+
+    @property
+    def dirent_type(self) -> int:
+        """The DT_* value of this file type (the top bits of the mode, as in readdir)."""
+        return stat_module.S_IFMT(self.mode) >> 12
+
+
+@dataclass(frozen=True, slots=True)
+class Entry:
+    """A successful lookup: a node id, its attributes and how long the guest may cache them."""
+
+    ino: Ino  # 0 means a negative entry: "no such name", cacheable for entry_timeout
+    attr: Attr
+    entry_timeout: float  # seconds the guest may cache the name -> ino binding
+    attr_timeout: float  # seconds the guest may cache attr
+    generation: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class Opened:
+    """An open file or directory handle and the caching the guest may apply to it."""
+
+    fh: FileHandle
+    direct_io: bool = False  # bypass the guest page cache (virtiofsd cache=none)
+    keep_cache: bool = False  # keep cached pages from earlier opens (immutable data)
+    cache_dir: bool = False  # the guest may cache directory contents
+    nonseekable: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class DirEntry:
+    """One directory entry; `offset` is the cookie that resumes reading after it."""
+
+    ino: int  # st_ino shown in d_ino
+    name: bytes
+    type: int  # DT_* value
+    offset: int
+
+
+@dataclass(frozen=True, slots=True)
+class StatFs:
+    blocks: int
+    bfree: int
+    bavail: int
+    files: int
+    ffree: int
+    bsize: int
+    namelen: int
+    frsize: int
+
+
+@dataclass(frozen=True, slots=True)
+class SetAttr:
+    """The attribute changes of a SETATTR; None means "leave unchanged"."""
+
+    mode: int | None = None
+    uid: int | None = None
+    gid: int | None = None
+    size: int | None = None
+    atime_ns: int | None = None  # UTIME_NOW is expressed as `atime_now`
+    mtime_ns: int | None = None
+    atime_now: bool = False
+    mtime_now: bool = False
+    ctime_ns: int | None = None
+    kill_suidgid: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class FsOptions:
+    """What a filesystem wants from the session; the server maps it onto FUSE INIT flags."""
+
+    readdirplus: bool = True  # answer READDIRPLUS (saves a LOOKUP per entry)
+    writeback_cache: bool = False  # let the guest cache writes
+    posix_acl: bool = False
+    killpriv_v2: bool = False
+    zero_message_open: bool = False  # the guest may skip OPEN/OPENDIR (stateless handles)
+    cache_symlinks: bool = True
+    export_support: bool = False  # lookups of "." and ".." are answered
+    submounts: bool = False
+    max_readahead: int = 128 * 1024  # bytes; capped by what the guest offers
+    max_pages: int = 256  # pages per request (1 MiB)
+
+
+class Filesystem:
+    """Base class of every filesystem served to a guest; each operation defaults to ENOSYS.
+
+    Methods are async so that a filesystem can await slow work (a blob fetch, a thread);
+    `forget` and `batch_forget` are synchronous because they can never fail or block.
+    """
+
+    async def init(self) -> FsOptions:
+        """A new FUSE session starts (INIT): reset per-session state, say what is wanted."""
+        return FsOptions()
+
+    async def destroy(self) -> None:
+        """The session ends (DESTROY or device reset): drop every node and handle."""
+
+    async def lookup(self, ctx: Context, parent: Ino, name: bytes) -> Entry:
+        raise not_supported()
+
+    def forget(self, ino: Ino, nlookup: int) -> None:
+        """Drop `nlookup` references to `ino`; never fails (unknown nodes are ignored)."""
+
+    def batch_forget(self, items: Sequence[tuple[Ino, int]]) -> None:
+        for ino, nlookup in items:
+            self.forget(ino, nlookup)
+
+    async def getattr(self, ctx: Context, ino: Ino, fh: FileHandle | None) -> tuple[Attr, float]:
+        """Return the attributes and how many seconds the guest may cache them."""
+        raise not_supported()
+
+    async def setattr(
+        self, ctx: Context, ino: Ino, fh: FileHandle | None, changes: SetAttr
+    ) -> tuple[Attr, float]:
+        raise not_supported()
+
+    async def readlink(self, ctx: Context, ino: Ino) -> bytes:
+        raise not_supported()
+
+    async def symlink(self, ctx: Context, parent: Ino, name: bytes, target: bytes) -> Entry:
+        raise not_supported()
+
+    async def mknod(
+        self, ctx: Context, parent: Ino, name: bytes, mode: int, rdev: int, umask: int
+    ) -> Entry:
+        raise not_supported()
+
+    async def mkdir(self, ctx: Context, parent: Ino, name: bytes, mode: int, umask: int) -> Entry:
+        raise not_supported()
+
+    async def unlink(self, ctx: Context, parent: Ino, name: bytes) -> None:
+        raise not_supported()
+
+    async def rmdir(self, ctx: Context, parent: Ino, name: bytes) -> None:
+        raise not_supported()
+
+    async def rename(
+        self, ctx: Context, parent: Ino, name: bytes, new_parent: Ino, new_name: bytes, flags: int
+    ) -> None:
+        raise not_supported()
+
+    async def link(self, ctx: Context, ino: Ino, new_parent: Ino, new_name: bytes) -> Entry:
+        raise not_supported()
+
+    async def open(self, ctx: Context, ino: Ino, flags: int) -> Opened:
+        raise not_supported()
+
+    async def create(
+        self, ctx: Context, parent: Ino, name: bytes, mode: int, flags: int, umask: int
+    ) -> tuple[Entry, Opened]:
+        raise not_supported()
+
+    async def read(
+        self, ctx: Context, ino: Ino, fh: FileHandle, offset: int, bufs: Sequence[memoryview]
+    ) -> int:
+        """Fill `bufs` in order with file bytes from `offset`; return the count (short = EOF).
+
+        The buffers are guest memory (zero-copy): write into them, do not keep them.
+        """
+        raise not_supported()
+
+    async def write(
+        self,
+        ctx: Context,
+        ino: Ino,
+        fh: FileHandle,
+        offset: int,
+        data: Sequence[memoryview],
+        flags: int,
+    ) -> int:
+        raise not_supported()
+
+    async def flush(self, ctx: Context, ino: Ino, fh: FileHandle, lock_owner: int) -> None:
+        raise not_supported()
+
+    async def release(self, ctx: Context, ino: Ino, fh: FileHandle, flags: int) -> None:
+        """Close a handle from open/create. Errors are ignored by the kernel."""
+
+    async def fsync(self, ctx: Context, ino: Ino, fh: FileHandle, datasync: bool) -> None:
+        raise not_supported()
+
+    async def opendir(self, ctx: Context, ino: Ino, flags: int) -> Opened:
+        raise not_supported()
+
+    async def readdir(
+        self, ctx: Context, ino: Ino, fh: FileHandle, offset: int
+    ) -> Iterator[DirEntry]:
+        """Entries after cookie `offset` (0 = from the start), "." and ".." included.
+
+        The server stops iterating when the guest's buffer is full and resumes later with
+        the `offset` of the last entry it sent, so each entry's offset must resume after it.
+        """
+        raise not_supported()
+
+    async def releasedir(self, ctx: Context, ino: Ino, fh: FileHandle) -> None:
+        """Close a handle from opendir."""
+
+    async def fsyncdir(self, ctx: Context, ino: Ino, fh: FileHandle, datasync: bool) -> None:
+        raise not_supported()
+
+    async def statfs(self, ctx: Context, ino: Ino) -> StatFs:
+        raise not_supported()
+
+    async def setxattr(
+        self, ctx: Context, ino: Ino, name: bytes, value: bytes, flags: int
+    ) -> None:
+        raise not_supported()
+
+    async def getxattr(self, ctx: Context, ino: Ino, name: bytes) -> bytes:
+        """The whole value; the server answers size probes and ERANGE from it."""
+        raise not_supported()
+
+    async def listxattr(self, ctx: Context, ino: Ino) -> list[bytes]:
+        """Every attribute name, without terminators."""
+        raise not_supported()
+
+    async def removexattr(self, ctx: Context, ino: Ino, name: bytes) -> None:
+        raise not_supported()
+
+    async def access(self, ctx: Context, ino: Ino, mask: int) -> None:
+        raise not_supported()
+
+    async def fallocate(
+        self, ctx: Context, ino: Ino, fh: FileHandle, offset: int, length: int, mode: int
+    ) -> None:
+        raise not_supported()
+
+    async def lseek(
+        self, ctx: Context, ino: Ino, fh: FileHandle, offset: int, whence: int
+    ) -> int:
+        raise not_supported()
+
+    async def syncfs(self, ctx: Context, ino: Ino) -> None:
+        raise not_supported()
+
+
+# Open flags that ask to modify the file (open(2)): refused by a read-only filesystem.
+_WRITE_INTENT = os.O_WRONLY | os.O_RDWR | os.O_TRUNC | os.O_CREAT | os.O_APPEND
+
+
+class ReadOnlyFilesystem(Filesystem):
+    """Wraps a filesystem and answers EROFS to every operation that would modify it."""
+
+    def __init__(self, inner: Filesystem) -> None:
+        self.inner = inner
+
+    async def init(self) -> FsOptions:
+        return await self.inner.init()
+
+    async def destroy(self) -> None:
+        await self.inner.destroy()
+
+    async def lookup(self, ctx: Context, parent: Ino, name: bytes) -> Entry:
+        return await self.inner.lookup(ctx, parent, name)
+
+    def forget(self, ino: Ino, nlookup: int) -> None:
+        self.inner.forget(ino, nlookup)
+
+    def batch_forget(self, items: Sequence[tuple[Ino, int]]) -> None:
+        self.inner.batch_forget(items)
+
+    async def getattr(self, ctx: Context, ino: Ino, fh: FileHandle | None) -> tuple[Attr, float]:
+        return await self.inner.getattr(ctx, ino, fh)
+
+    async def setattr(
+        self, ctx: Context, ino: Ino, fh: FileHandle | None, changes: SetAttr
+    ) -> tuple[Attr, float]:
+        raise read_only()
+
+    async def readlink(self, ctx: Context, ino: Ino) -> bytes:
+        return await self.inner.readlink(ctx, ino)
+
+    async def symlink(self, ctx: Context, parent: Ino, name: bytes, target: bytes) -> Entry:
+        raise read_only()
+
+    async def mknod(
+        self, ctx: Context, parent: Ino, name: bytes, mode: int, rdev: int, umask: int
+    ) -> Entry:
+        raise read_only()
+
+    async def mkdir(self, ctx: Context, parent: Ino, name: bytes, mode: int, umask: int) -> Entry:
+        raise read_only()
+
+    async def unlink(self, ctx: Context, parent: Ino, name: bytes) -> None:
+        raise read_only()
+
+    async def rmdir(self, ctx: Context, parent: Ino, name: bytes) -> None:
+        raise read_only()
+
+    async def rename(
+        self, ctx: Context, parent: Ino, name: bytes, new_parent: Ino, new_name: bytes, flags: int
+    ) -> None:
+        raise read_only()
+
+    async def link(self, ctx: Context, ino: Ino, new_parent: Ino, new_name: bytes) -> Entry:
+        raise read_only()
+
+    async def open(self, ctx: Context, ino: Ino, flags: int) -> Opened:
+        if flags & _WRITE_INTENT:
+            raise read_only()
+        return await self.inner.open(ctx, ino, flags)
+
+    async def create(
+        self, ctx: Context, parent: Ino, name: bytes, mode: int, flags: int, umask: int
+    ) -> tuple[Entry, Opened]:
+        raise read_only()
+
+    async def read(
+        self, ctx: Context, ino: Ino, fh: FileHandle, offset: int, bufs: Sequence[memoryview]
+    ) -> int:
+        return await self.inner.read(ctx, ino, fh, offset, bufs)
+
+    async def write(
+        self,
+        ctx: Context,
+        ino: Ino,
+        fh: FileHandle,
+        offset: int,
+        data: Sequence[memoryview],
+        flags: int,
+    ) -> int:
+        raise read_only()
+
+    async def flush(self, ctx: Context, ino: Ino, fh: FileHandle, lock_owner: int) -> None:
+        await self.inner.flush(ctx, ino, fh, lock_owner)
+
+    async def release(self, ctx: Context, ino: Ino, fh: FileHandle, flags: int) -> None:
+        await self.inner.release(ctx, ino, fh, flags)
+
+    async def fsync(self, ctx: Context, ino: Ino, fh: FileHandle, datasync: bool) -> None:
+        return None  # nothing can be dirty
+
+    async def opendir(self, ctx: Context, ino: Ino, flags: int) -> Opened:
+        return await self.inner.opendir(ctx, ino, flags)
+
+    async def readdir(
+        self, ctx: Context, ino: Ino, fh: FileHandle, offset: int
+    ) -> Iterator[DirEntry]:
+        return await self.inner.readdir(ctx, ino, fh, offset)
+
+    async def releasedir(self, ctx: Context, ino: Ino, fh: FileHandle) -> None:
+        await self.inner.releasedir(ctx, ino, fh)
+
+    async def fsyncdir(self, ctx: Context, ino: Ino, fh: FileHandle, datasync: bool) -> None:
+        return None
+
+    async def statfs(self, ctx: Context, ino: Ino) -> StatFs:
+        return await self.inner.statfs(ctx, ino)
+
+    async def setxattr(
+        self, ctx: Context, ino: Ino, name: bytes, value: bytes, flags: int
+    ) -> None:
+        raise read_only()
+
+    async def getxattr(self, ctx: Context, ino: Ino, name: bytes) -> bytes:
+        return await self.inner.getxattr(ctx, ino, name)
+
+    async def listxattr(self, ctx: Context, ino: Ino) -> list[bytes]:
+        return await self.inner.listxattr(ctx, ino)
+
+    async def removexattr(self, ctx: Context, ino: Ino, name: bytes) -> None:
+        raise read_only()
+
+    async def access(self, ctx: Context, ino: Ino, mask: int) -> None:
+        if mask & os.W_OK:
+            raise read_only()
+        await self.inner.access(ctx, ino, mask)
+
+    async def fallocate(
+        self, ctx: Context, ino: Ino, fh: FileHandle, offset: int, length: int, mode: int
+    ) -> None:
+        raise read_only()
+
+    async def lseek(
+        self, ctx: Context, ino: Ino, fh: FileHandle, offset: int, whence: int
+    ) -> int:
+        return await self.inner.lseek(ctx, ino, fh, offset, whence)
+
+    async def syncfs(self, ctx: Context, ino: Ino) -> None:
+        return None
