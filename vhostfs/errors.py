@@ -3,6 +3,7 @@
     VhostfsError                 base; carries the errno a guest would see
     ├── FsError                  a filesystem operation failed (errno chosen by the fs)
     ├── VhostUserProtocolError   the frontend broke the vhost-user protocol: drop it
+    │   └── RejectedRequest      one request is refused, the stream is still in sync
     ├── GuestMemoryError         an address or length falls outside every memory region
     └── ChainError               a descriptor chain is malformed (loop, too long, bad table)
 
@@ -36,6 +37,13 @@ class FsError(VhostfsError):
 
 class VhostUserProtocolError(VhostfsError):
     """The frontend sent something the vhost-user protocol does not allow."""
+
+
+class RejectedRequest(VhostUserProtocolError):
+    """One well-framed request cannot be carried out; the stream itself is still in sync.
+
+    Answered with a failure ack where the frontend asked for one; the connection goes on.
+    """
 
 
 class GuestMemoryError(VhostfsError):

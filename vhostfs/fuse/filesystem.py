@@ -290,9 +290,7 @@ class Filesystem:
     async def statfs(self, ctx: Context, ino: Ino) -> StatFs:
         raise not_supported()
 
-    async def setxattr(
-        self, ctx: Context, ino: Ino, name: bytes, value: bytes, flags: int
-    ) -> None:
+    async def setxattr(self, ctx: Context, ino: Ino, name: bytes, value: bytes, flags: int) -> None:
         raise not_supported()
 
     async def getxattr(self, ctx: Context, ino: Ino, name: bytes) -> bytes:
@@ -314,9 +312,7 @@ class Filesystem:
     ) -> None:
         raise not_supported()
 
-    async def lseek(
-        self, ctx: Context, ino: Ino, fh: FileHandle, offset: int, whence: int
-    ) -> int:
+    async def lseek(self, ctx: Context, ino: Ino, fh: FileHandle, offset: int, whence: int) -> int:
         raise not_supported()
 
     async def syncfs(self, ctx: Context, ino: Ino) -> None:
@@ -436,9 +432,7 @@ class ReadOnlyFilesystem(Filesystem):
     async def statfs(self, ctx: Context, ino: Ino) -> StatFs:
         return await self.inner.statfs(ctx, ino)
 
-    async def setxattr(
-        self, ctx: Context, ino: Ino, name: bytes, value: bytes, flags: int
-    ) -> None:
+    async def setxattr(self, ctx: Context, ino: Ino, name: bytes, value: bytes, flags: int) -> None:
         raise read_only()
 
     async def getxattr(self, ctx: Context, ino: Ino, name: bytes) -> bytes:
@@ -460,9 +454,7 @@ class ReadOnlyFilesystem(Filesystem):
     ) -> None:
         raise read_only()
 
-    async def lseek(
-        self, ctx: Context, ino: Ino, fh: FileHandle, offset: int, whence: int
-    ) -> int:
+    async def lseek(self, ctx: Context, ino: Ino, fh: FileHandle, offset: int, whence: int) -> int:
         return await self.inner.lseek(ctx, ino, fh, offset, whence)
 
     async def syncfs(self, ctx: Context, ino: Ino) -> None:

@@ -1,0 +1,95 @@
+"""Descriptor chains: what the device pops from a ring, and the bounded walk that builds them.
+
+Virtio 1.2, sections 2.7 (split) and 2.8 (packed). A chain is a sequence of descriptors,
+device-readable ones first and device-writable ones after. A descriptor may instead point to
+an *indirect table*: an array of descriptors in guest memory that replaces the rest of the
+chain. Both ring formats share the rules enforced here:
+
+* every address range is translated through GuestMemory (never outside guest memory);
+* a readable descriptor after a writable one is an error;
+* an indirect table may not contain another indirect descriptor, must be a whole number of
+  16-byte descriptors, and is bounded by MAX_INDIRECT entries;
+* a walk visits at most `limit` descriptors, so a loop (split `next` pointing back) ends.
+
+A malformed chain does not crash anything: the walk raises ChainError and the queue returns
+the chain to the driver with used length 0.
+"""
+
+from __future__ import annotations
+
+import struct
+from dataclasses import dataclass, field
+from typing import Final
+
+from vhostfs.errors import ChainError
+from vhostfs.virtio.memory import GuestMemory
+
+# Descriptor flags shared by split and packed rings (virtio 1.2, 2.7.5 / 2.8.12).
+F_NEXT: Final = 1
+F_WRITE: Final = 2
+F_INDIRECT: Final = 4
+
+# Largest indirect table we walk; QEMU's own limit for a virtqueue element is 1024.
+MAX_INDIRECT: Final = 1024
+
+# Split and packed descriptors are both 16 bytes: u64 addr, u32 len, u16, u16. The last two
+# are (flags, next) in a split ring and (id, flags) in a packed one.
+DESCRIPTOR: Final = struct.Struct("<QIHH")
+
+
+@dataclass(slots=True)
+class Chain:
+    """One popped request: its id for the used ring and its guest buffers."""
+
+    head: int  # split: head descriptor index; packed: buffer id
+    readable: list[memoryview] = field(default_factory=list)
+    writable: list[memoryview] = field(default_factory=list)
+    ring_descs: int = 1  # descriptors it occupied in the ring (packed rings need it)
+    error: str | None = None  # set when the chain was malformed: answer with length 0
+
+
+def add_buffer(memory: GuestMemory, chain: Chain, addr: int, length: int, writable: bool) -> None:
+    """Translate one descriptor's buffer and append it to the chain."""
+    if not length:
+        return
+    views = memory.views(addr, length)
+    if writable:
+        chain.writable.extend(views)
+    elif chain.writable:
+        raise ChainError("readable descriptor after a writable one")
+    else:
+        chain.readable.extend(views)
+
+
+def indirect_table(memory: GuestMemory, addr: int, length: int) -> memoryview:
+    """The indirect descriptor table at `addr`, validated for size."""
+    if length == 0 or length % DESCRIPTOR.size:
+        raise ChainError(f"indirect table of {length} bytes is not whole descriptors")
+    if length // DESCRIPTOR.size > MAX_INDIRECT:
+        raise ChainError(f"indirect table of {length // DESCRIPTOR.size} descriptors")
+    return memory.view(addr, length)
+
+
+def walk_indirect(memory: GuestMemory, chain: Chain, table: memoryview, packed: bool) -> None:
+    """Walk an indirect table: split tables follow `next`, packed tables run in order."""
+    count = len(table) // DESCRIPTOR.size
+    unpack = DESCRIPTOR.unpack_from
+    index = 0
+    for _ in range(count):
+        addr, length, a, b = unpack(table, index * DESCRIPTOR.size)
+        flags = b if packed else a
+        if flags & F_INDIRECT:
+            raise ChainError("indirect descriptor inside an indirect table")
+        add_buffer(memory, chain, addr, length, bool(flags & F_WRITE))
+        if packed:
+            index += 1
+            if index == count:
+                return
+            continue
+        if not flags & F_NEXT:
+            return
+        index = b
+        if index >= count:
+            raise ChainError(f"indirect next index {index} outside a table of {count}")
+    if not packed:
+        raise ChainError("indirect chain longer than its table (a loop)")
