@@ -1,0 +1,164 @@
+"""Split ring, device side: chain walks, bad chains, used ring and notification decisions."""
+
+from __future__ import annotations
+
+import os
+import struct
+from collections.abc import Iterator
+
+import pytest
+
+from vhostfs.errors import ChainError, GuestMemoryError
+from vhostfs.vhost_user.messages import MemRegion
+from vhostfs.virtio.chain import DESCRIPTOR, F_INDIRECT, F_NEXT, F_WRITE, MAX_INDIRECT
+from vhostfs.virtio.memory import GuestMemory
+from vhostfs.virtio.ring import SplitQueue
+
+NUM = 8
+MEM = 1 << 20
+DESC, AVAIL, USED = 0x1000, 0x2000, 0x3000
+DATA = 0x10000
+
+
+@pytest.fixture
+def memory() -> Iterator[GuestMemory]:
+    fd = os.memfd_create("guest")
+    os.ftruncate(fd, MEM)
+    memory = GuestMemory()
+    memory.set_table([MemRegion(0, MEM, 0x7000_0000, 0)], [fd])
+    os.close(fd)
+    yield memory
+    memory.clear()
+
+
+def put_desc(
+    memory: GuestMemory, table: int, i: int, addr: int, length: int, flags: int, nxt: int
+) -> None:
+    DESCRIPTOR.pack_into(memory.view(table + 16 * i, 16), 0, addr, length, flags, nxt)
+
+
+def publish(memory: GuestMemory, heads: list[int], start: int = 0) -> None:
+    avail = memory.view(AVAIL, 6 + 2 * NUM)
+    for k, head in enumerate(heads):
+        struct.pack_into("<H", avail, 4 + 2 * ((start + k) % NUM), head)
+    struct.pack_into("<H", avail, 2, (start + len(heads)) & 0xFFFF)
+
+
+def queue(memory: GuestMemory, event_idx: bool = False) -> SplitQueue:
+    return SplitQueue(
+        memory,
+        NUM,
+        memory.view(DESC, 16 * NUM),
+        memory.view(AVAIL, 6 + 2 * NUM),
+        memory.view(USED, 6 + 8 * NUM),
+        0,
+        event_idx,
+    )
+
+
+def test_direct_chain_splits_readable_and_writable(memory: GuestMemory) -> None:
+    memory.view(DATA, 5)[:] = b"hello"
+    put_desc(memory, DESC, 0, DATA, 5, F_NEXT, 1)
+    put_desc(memory, DESC, 1, DATA + 100, 16, F_WRITE, 0)
+    publish(memory, [0])
+    q = queue(memory)
+    chain = q.pop()
+    assert chain is not None and chain.error is None
+    assert [bytes(v) for v in chain.readable] == [b"hello"]
+    assert [len(v) for v in chain.writable] == [16]
+    assert q.pop() is None
+    q.push(chain, 16)
+    used = memory.view(USED, 6 + 8 * NUM)
+    assert struct.unpack_from("<HHII", used) == (0, 1, 0, 16)
+
+
+def test_indirect_table_is_walked(memory: GuestMemory) -> None:
+    table = 0x4000
+    put_desc(memory, table, 0, DATA, 40, F_NEXT, 1)
+    put_desc(memory, table, 1, DATA + 64, 4096, F_WRITE, 0)
+    put_desc(memory, DESC, 3, table, 32, F_INDIRECT, 0)
+    publish(memory, [3])
+    chain = queue(memory).pop()
+    assert chain is not None and chain.error is None and chain.head == 3
+    assert [len(v) for v in chain.readable] == [40]
+    assert [len(v) for v in chain.writable] == [4096]
+
+
+@pytest.mark.parametrize(
+    ("descs", "message"),
+    [
+        ([(0, DATA, 8, F_NEXT, 0)], "loop"),  # next points back at itself
+        ([(0, DATA, 8, F_NEXT, 9)], "outside"),  # next beyond the ring
+        ([(0, MEM - 4, 8, 0, 0)], "not in guest memory"),  # buffer runs off the end
+        ([(0, DATA, 8, F_WRITE | F_NEXT, 1), (1, DATA, 8, 0, 0)], "readable"),
+        ([(0, 0x4000, 20, F_INDIRECT, 0)], "whole descriptors"),
+        ([(0, 0x4000, 16 * (MAX_INDIRECT + 1), F_INDIRECT, 0)], "indirect table of"),
+        ([(0, 0x4000, 16, F_INDIRECT | F_NEXT, 1)], "alone"),
+    ],
+)
+def test_malformed_chain_comes_back_with_an_error(
+    memory: GuestMemory, descs: list[tuple[int, int, int, int, int]], message: str
+) -> None:
+    for i, addr, length, flags, nxt in descs:
+        put_desc(memory, DESC, i, addr, length, flags, nxt)
+    publish(memory, [0])
+    q = queue(memory)
+    chain = q.pop()
+    assert chain is not None and chain.error is not None
+    assert message in chain.error
+    assert chain.readable == [] and chain.writable == []
+    q.push(chain, 0)  # still returned to the driver, so it does not leak the descriptors
+    assert struct.unpack_from("<H", memory.view(USED, 4), 2)[0] == 1
+
+
+def test_indirect_inside_indirect_is_refused(memory: GuestMemory) -> None:
+    put_desc(memory, 0x4000, 0, 0x5000, 16, F_INDIRECT, 0)
+    put_desc(memory, DESC, 0, 0x4000, 16, F_INDIRECT, 0)
+    publish(memory, [0])
+    chain = queue(memory).pop()
+    assert chain is not None and chain.error is not None and "inside" in chain.error
+
+
+def test_indirect_loop_is_bounded(memory: GuestMemory) -> None:
+    put_desc(memory, 0x4000, 0, DATA, 8, F_NEXT, 1)
+    put_desc(memory, 0x4000, 1, DATA, 8, F_NEXT, 0)
+    put_desc(memory, DESC, 0, 0x4000, 32, F_INDIRECT, 0)
+    publish(memory, [0])
+    chain = queue(memory).pop()
+    assert chain is not None and chain.error is not None and "loop" in chain.error
+
+
+def test_driver_claiming_more_than_the_ring_is_an_error(memory: GuestMemory) -> None:
+    struct.pack_into("<H", memory.view(AVAIL, 4), 2, NUM + 1)
+    with pytest.raises(ChainError):
+        queue(memory).pop()
+
+
+def test_ring_areas_must_fit_guest_memory(memory: GuestMemory) -> None:
+    with pytest.raises(GuestMemoryError):
+        memory.uaddr_view(0x7000_0000 + MEM - 8, 16)
+
+
+def test_event_idx_notifies_only_when_crossing_used_event(memory: GuestMemory) -> None:
+    put_desc(memory, DESC, 0, DATA, 8, 0, 0)
+    q = queue(memory, event_idx=True)
+    avail = memory.view(AVAIL, 6 + 2 * NUM)
+    struct.pack_into("<H", avail, 4 + 2 * NUM, 1)  # used_event: interrupt after used idx 2
+    publish(memory, [0, 0, 0])
+    results = []
+    for _ in range(3):
+        chain = q.pop()
+        assert chain is not None
+        q.push(chain, 0)
+        results.append(q.should_notify())
+    assert results == [False, True, False]
+
+
+def test_enable_kicks_reports_entries_that_raced_in(memory: GuestMemory) -> None:
+    q = queue(memory, event_idx=True)
+    assert q.enable_kicks() is False
+    avail_event = struct.unpack_from("<H", memory.view(USED + 4 + 8 * NUM, 2))[0]
+    assert avail_event == 0
+    put_desc(memory, DESC, 0, DATA, 8, 0, 0)
+    publish(memory, [0])
+    assert q.enable_kicks() is True

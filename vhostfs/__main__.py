@@ -1,0 +1,5 @@
+import sys
+
+from vhostfs.cli import main
+
+sys.exit(main())
