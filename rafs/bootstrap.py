@@ -16,11 +16,19 @@ from .blobinfo import BlobInfo
 from .errors import FormatError, RafsError
 from .inode import ChunkRef, Ino, Inode
 from .records import Buffer, Record, RecordError
+from .v5.layout import ChunkRecord
 
 R = TypeVar("R", bound=Record)
 
 # A directory entry as readers yield it: (cookie of the next entry, name, inode number).
 Entry = tuple[int, bytes, Ino]
+
+
+class ChunkSource(Protocol):
+    """Full chunk records of one blob by chunk-info index (see rafs.blobmeta.BlobMeta)."""
+
+    def chunk(self, ci_index: int) -> ChunkRecord:
+        ...
 
 
 class Bootstrap(Protocol):
@@ -53,6 +61,14 @@ class Bootstrap(Protocol):
 
     def xattrs(self, inode: Inode) -> dict[bytes, bytes]:
         """All extended attributes of an inode (full names)."""
+        ...
+
+    def verify_digests(self) -> bytes:
+        """Recompute inode digests where the format has them; returns the root digest."""
+        ...
+
+    def attach_source(self, blob_index: int, source: ChunkSource) -> None:
+        """Resolve chunk records of one blob through `source` (v6 blob meta)."""
         ...
 
     def chunks(self, inode: Inode, start: int, end: int) -> list[ChunkRef]:

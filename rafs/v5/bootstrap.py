@@ -29,6 +29,7 @@ from ..errors import FormatError, NotFound, Unsupported
 from ..inode import ChunkRef, Ino, Inode
 from ..records import Buffer
 from . import layout as L
+from .merkle import verify_tree
 
 _U32: Final = struct.Struct("<I")
 _U64: Final = struct.Struct("<Q")
@@ -38,7 +39,7 @@ _VALID_TYPES: Final = frozenset({stat.S_IFREG, stat.S_IFDIR, stat.S_IFLNK, stat.
 
 
 @dataclass(frozen=True, slots=True)
-class _Record:
+class InodeRecord:
     """A validated inode record and where its variable parts live."""
 
     index: int  # inode index (table slot + 1)
@@ -67,8 +68,8 @@ class V5Bootstrap:
         self._check_tables()
         self.blobs = self._read_blobs()
         self.prefetch_inos = self._read_prefetch()
-        self._record = lru_cache(maxsize=_RECORD_CACHE)(self._load_record)
-        root = self._record(L.ROOT_INDEX)
+        self.record = lru_cache(maxsize=_RECORD_CACHE)(self._load_record)
+        root = self.record(L.ROOT_INDEX)
         if not stat.S_ISDIR(root.head.mode) or root.head.ino != L.ROOT_INDEX:
             raise FormatError("v5: inode index 1 is not the root directory")
 
@@ -144,7 +145,7 @@ class V5Bootstrap:
 
     # -- records -------------------------------------------------------------------------
 
-    def _load_record(self, index: int) -> _Record:
+    def _load_record(self, index: int) -> InodeRecord:
         sb = self._sb
         if not 1 <= index <= sb.inode_table_entries:
             raise NotFound(f"v5: no inode index {index}")
@@ -170,7 +171,7 @@ class V5Bootstrap:
         if head.flags & L.INODE_XATTR:
             xattr_offset = pos
             pos += self._xattr_table_size(pos, where)
-        record = _Record(index, offset, head, name, symlink_offset, xattr_offset, pos)
+        record = InodeRecord(index, offset, head, name, symlink_offset, xattr_offset, pos)
         self._check_children(record, where)
         return record
 
@@ -180,7 +181,7 @@ class V5Bootstrap:
         check_range(self._len, pos + 8, total, f"{where} xattr table")
         return align(8 + total, L.ALIGNMENT)
 
-    def _check_children(self, record: _Record, where: str) -> None:
+    def _check_children(self, record: InodeRecord, where: str) -> None:
         head = record.head
         if stat.S_ISREG(head.mode):
             check_range(self._len, record.chunks_offset, head.child_count * L.ChunkRecord.SIZE,
@@ -191,8 +192,8 @@ class V5Bootstrap:
                 raise FormatError(f"{where} at offset {record.offset}: children "
                                   f"{first}..{last} out of range")
 
-    def _canonical(self, ino: int) -> _Record:
-        record = self._record(ino)
+    def _canonical(self, ino: int) -> InodeRecord:
+        record = self.record(ino)
         if record.head.ino != ino:
             raise NotFound(f"v5: inode index {ino} is a link to inode {record.head.ino}")
         return record
@@ -208,8 +209,8 @@ class V5Bootstrap:
     # -- directories ---------------------------------------------------------------------
 
     def _child(self, directory: Inode, position: int) -> tuple[bytes, Ino]:
-        index = self._record(directory.ino).head.child_index + position
-        record = self._record(index)
+        index = self.record(directory.ino).head.child_index + position
+        record = self.record(index)
         check_name(record.name, f"v5 inode index {index}")
         if record.head.ino == 0 or record.head.ino > self._sb.inode_table_entries:
             raise FormatError(f"v5 inode index {index}: i_ino {record.head.ino} out of range")
@@ -220,7 +221,7 @@ class V5Bootstrap:
             return directory.ino
         if name == b"..":
             return self._parent(directory)
-        lo, hi = 0, self._record(directory.ino).head.child_count
+        lo, hi = 0, self.record(directory.ino).head.child_count
         while lo < hi:  # children are sorted by name bytes (§3.10)
             mid = (lo + hi) // 2
             child_name, ino = self._child(directory, mid)
@@ -243,7 +244,7 @@ class V5Bootstrap:
             yield 1, b".", directory.ino
         if cookie <= 1:
             yield 2, b"..", self._parent(directory)
-        count = self._record(directory.ino).head.child_count
+        count = self.record(directory.ino).head.child_count
         for position in range(max(cookie - 2, 0), count):
             name, ino = self._child(directory, position)
             yield position + 3, name, ino
@@ -251,9 +252,7 @@ class V5Bootstrap:
     # -- symlinks and xattrs -------------------------------------------------------------
 
     def readlink(self, inode: Inode) -> bytes:
-        record = self._canonical(inode.ino)
-        start = record.symlink_offset
-        return bytes(self._buf[start:start + record.head.symlink_size])
+        return self.symlink_target(self._canonical(inode.ino))
 
     def xattrs(self, inode: Inode) -> dict[bytes, bytes]:
         record = self._canonical(inode.ino)
@@ -264,9 +263,25 @@ class V5Bootstrap:
         return _parse_xattr_pairs(bytes(self._buf[start:start + total]),
                                   f"v5 inode {inode.ino} xattrs at offset {start}")
 
+    @property
+    def index_count(self) -> int:
+        """Inode table slots: inode indexes run 1..index_count."""
+        return self._sb.inode_table_entries
+
+    def symlink_target(self, record: InodeRecord) -> bytes:
+        start = record.symlink_offset
+        return bytes(self._buf[start:start + record.head.symlink_size])
+
+    def verify_digests(self) -> bytes:
+        """Check every record's merkle digest (§3.11); returns the root's."""
+        return verify_tree(self)
+
+    def attach_source(self, blob_index: int, source: object) -> None:
+        raise Unsupported("v5 chunk records are complete; no blob meta needed")
+
     # -- chunks --------------------------------------------------------------------------
 
-    def _chunk(self, record: _Record, i: int) -> L.ChunkRecord:
+    def chunk(self, record: InodeRecord, i: int) -> L.ChunkRecord:
         offset = record.chunks_offset + i * L.ChunkRecord.SIZE
         chunk = unpack(L.ChunkRecord, self._buf, offset,
                        f"v5 inode {record.head.ino} chunk {i}")
@@ -275,14 +290,14 @@ class V5Bootstrap:
                               f"blob index {chunk.blob_index} of {len(self.blobs)}")
         return chunk
 
-    def _first_chunk(self, record: _Record, start: int) -> int:
+    def _first_chunk(self, record: InodeRecord, start: int) -> int:
         """Position of the first chunk that may overlap `start`."""
         if not record.head.flags & L.INODE_HAS_HOLE:
             return min(start // self.chunk_size, record.head.child_count)
         lo, hi = 0, record.head.child_count
         while lo < hi:  # last chunk with file_offset <= start
             mid = (lo + hi) // 2
-            if self._chunk(record, mid).file_offset <= start:
+            if self.chunk(record, mid).file_offset <= start:
                 lo = mid + 1
             else:
                 hi = mid
@@ -293,7 +308,7 @@ class V5Bootstrap:
         refs: list[ChunkRef] = []
         prev_end = 0
         for i in range(self._first_chunk(record, start), record.head.child_count):
-            chunk = self._chunk(record, i)
+            chunk = self.chunk(record, i)
             if chunk.file_offset >= end:
                 break
             self._check_chunk_place(record, i, chunk, prev_end)
@@ -302,7 +317,7 @@ class V5Bootstrap:
                 refs.append(_chunk_ref(chunk, f"v5 inode {inode.ino} chunk {i}"))
         return refs
 
-    def _check_chunk_place(self, record: _Record, i: int, chunk: L.ChunkRecord,
+    def _check_chunk_place(self, record: InodeRecord, i: int, chunk: L.ChunkRecord,
                            prev_end: int) -> None:
         has_hole = record.head.flags & L.INODE_HAS_HOLE
         end = chunk.file_offset + chunk.uncompressed_size

@@ -22,7 +22,7 @@ import struct
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from functools import lru_cache
-from typing import Final, Protocol
+from typing import Final
 
 from ..algorithms import algorithms_from_flags, compressor_from_id, digester_from_id
 from ..blobinfo import (
@@ -34,7 +34,7 @@ from ..blobinfo import (
     check_features,
     decode_blob_id,
 )
-from ..bootstrap import Entry, align, check_name, check_range, unpack
+from ..bootstrap import ChunkSource, Entry, align, check_name, check_range, unpack
 from ..errors import FormatError, NotFound, Unsupported
 from ..inode import ChunkRef, Ino, Inode
 from ..records import Buffer
@@ -54,13 +54,6 @@ _DIR_BLOCK_CACHE: Final = 1024
 _COOKIE_SHIFT: Final = 12  # readdir cookie = block << 12 | entry (at most 341 per block)
 _MAX_CHUNK_COUNT: Final = 1 << 24  # ci indexes are 24 bits (§4.5)
 _VALID_LAYOUTS: Final = (L.LAYOUT_FLAT_PLAIN, L.LAYOUT_FLAT_INLINE, L.LAYOUT_CHUNK_BASED)
-
-
-class ChunkSource(Protocol):
-    """Full chunk records of one blob by chunk-info index (see rafs.blobmeta.BlobMeta)."""
-
-    def chunk(self, ci_index: int) -> ChunkRecord:
-        ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -282,6 +275,9 @@ class V6Bootstrap:
         if header.shared_count:
             raise Unsupported(f"{where}: {header.shared_count} shared xattrs")
         return _parse_xattr_entries(area, L.XattrHeader.SIZE, where)
+
+    def verify_digests(self) -> bytes:
+        raise Unsupported("RAFS v6 inodes carry no digests; verify chunks instead")
 
     # -- chunks --------------------------------------------------------------------------
 
