@@ -48,6 +48,17 @@ class MappedRegion:
 def map_region(region: MemRegion, fd: int) -> MappedRegion:
     """Map `region` from `fd` (the caller keeps ownership of the fd and may close it)."""
     region.validate()
+    # A mapping past the end of the file maps fine but SIGBUSes the daemon on first touch:
+    # a frontend that lies about the region size must be refused here, not discovered later.
+    try:
+        file_size = os.fstat(fd).st_size
+    except OSError as exc:
+        raise VhostUserProtocolError(f"memory region fd is unusable: {exc}") from exc
+    if region.mmap_offset + region.memory_size > file_size:
+        raise VhostUserProtocolError(
+            f"memory region {region.memory_size:#x}@{region.mmap_offset:#x} runs past the "
+            f"end of its {file_size:#x}-byte fd"
+        )
     # mmap needs a page-aligned offset: map from the page below and slice the rest off.
     slack = region.mmap_offset % mmap.ALLOCATIONGRANULARITY
     try:
