@@ -11,7 +11,6 @@ from __future__ import annotations
 import array
 import os
 import socket
-from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
@@ -21,11 +20,11 @@ from tests.support.memoryfs import MemoryFilesystem
 from vhostfs import daemon
 from vhostfs.fuse.server import FuseServer
 from vhostfs.vhost_user.messages import (
+    U64,
     FrontendReq,
     Header,
     ProtocolFeatures,
     SingleMemRegion,
-    U64,
     VringAddr,
     VringState,
 )
@@ -84,11 +83,11 @@ class RawFrontend:
 
 
 @pytest.fixture
-async def socket_path(tmp_path: Path, nursery: trio.Nursery) -> AsyncIterator[str]:
+async def socket_path(tmp_path: Path, nursery: trio.Nursery) -> str:
     path = str(tmp_path / "vhost.sock")
     listener = await daemon.listen_unix(path)
     nursery.start_soon(lambda: daemon.serve(listener, FuseServer(MemoryFilesystem()), once=False))
-    yield path
+    return path
 
 
 async def connect(path: str) -> RawFrontend:
