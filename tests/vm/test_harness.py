@@ -1,0 +1,73 @@
+"""The VM harness itself, proven against the C virtiofsd that QEMU 7.2 ships.
+
+These tests pin the harness (boot, result framing, reboot mode) and the manifest machinery
+(tree.py on the host vs vmtool in the guest), independently of our daemon, so a failure in a
+daemon test can be trusted to be the daemon's.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from tests.support import tree, vm
+from tests.vm.conftest import StartShare
+
+pytestmark = pytest.mark.vm
+
+
+def test_guest_manifest_equals_host_manifest(
+    start_share: StartShare, test_tree: Path, test_tree_manifest: tree.Manifest
+) -> None:
+    share = start_share(test_tree, command=vm.virtiofsd_command)
+    script = "mount -t virtiofs -o ro share /mnt\n" + tree.guest_manifest_script("/mnt")
+
+    result = vm.run_guest(script, fs_devices=[share], timeout=120).check()
+
+    guest = tree.parse_manifest(result.stdout)
+    assert tree.diff_manifests(test_tree_manifest, guest) == ""
+    assert guest == test_tree_manifest
+    # the manifest really covered the hard cases (guards against an empty or partial walk)
+    assert guest[b"files/sparse-5g"].sampled
+    assert len(guest) > tree.BIG_DIR_ENTRIES
+
+
+def test_script_output_is_framed_exactly(start_share: StartShare, tmp_path: Path) -> None:
+    shared = tmp_path / "shared"
+    shared.mkdir()
+    (shared / "greeting").write_bytes(b"hello\n")
+    share = start_share(shared, command=vm.virtiofsd_command)
+    # stdout without trailing newline and with marker-like text must come back byte exact
+    script = (
+        "mount -t virtiofs share /mnt\n"
+        "cat /mnt/greeting\n"
+        "printf '@@VHOSTFS-END fake 1@@\\n\\001\\377no-newline'\n"
+        "echo oops >&2\n"
+        "exit 7\n"
+    )
+
+    result = vm.run_guest(script, fs_devices=[share], timeout=60)
+
+    assert result.exit_code == 7
+    assert result.stdout == b"hello\n@@VHOSTFS-END fake 1@@\n\x01\xffno-newline"
+    assert result.stderr == b"oops\n"
+    with pytest.raises(vm.GuestError, match="guest script failed"):
+        result.check()
+
+
+def test_reboot_keeps_the_share(start_share: StartShare, tmp_path: Path) -> None:
+    shared = tmp_path / "shared"
+    shared.mkdir()
+    (shared / "file").write_bytes(b"persistent\n")
+    share = start_share(shared, command=vm.virtiofsd_command)
+    # both boots read the share through the same QEMU and the same daemon connection
+    script = 'mount -t virtiofs share /mnt\necho "boot $BOOT of $BOOTS"\ncat /mnt/file\n'
+
+    result = vm.run_guest(script, fs_devices=[share], boots=2, timeout=120).check()
+
+    assert [b.boot for b in result.boots] == [1, 2]
+    assert [b.stdout for b in result.boots] == [
+        b"boot 1 of 2\npersistent\n",
+        b"boot 2 of 2\npersistent\n",
+    ]
