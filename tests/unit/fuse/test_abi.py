@@ -59,9 +59,11 @@ SIZES = {
 }
 
 
-@pytest.mark.parametrize(("record", "size"), SIZES.items(), ids=lambda v: getattr(v, "__name__", ""))
+@pytest.mark.parametrize(
+    ("record", "size"), SIZES.items(), ids=lambda v: getattr(v, "__name__", "")
+)
 def test_size_matches_fuse_h(record: type[abi.Record], size: int) -> None:
-    assert record.SIZE == size
+    assert size == record.SIZE
     assert size % 8 == 0 or record is abi.InterruptIn  # every struct is 8-aligned
 
 

@@ -1,0 +1,166 @@
+"""Encoders for FUSE replies: out header plus payload, written into a ChainWriter.
+
+Every function writes one complete reply starting at stream offset 0 and returns the number
+of bytes written, which becomes the used length of the chain. Headers and fixed payloads are
+packed in one go with precompiled structs composed from the records in `abi` (the layouts
+are declared there once), so the hot replies (GETATTR, LOOKUP, READ) allocate a single bytes
+object and touch no dataclass but the filesystem's own `Attr`/`Entry`.
+
+Raises ChainError (from the writer) when the guest's writable buffer is too small.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import operator
+import struct
+from collections.abc import Callable
+from typing import Final
+
+from rafs.records import Record
+from vhostfs.fuse import abi
+from vhostfs.fuse.filesystem import Attr, Entry, Opened, StatFs
+from vhostfs.virtio.buffers import ChainWriter
+
+
+def _compose(*records: type[Record]) -> struct.Struct:
+    """One struct for records laid out back to back (all little-endian, no gaps)."""
+    return struct.Struct("<" + "".join(r.STRUCT.format.lstrip("<") for r in records))
+
+
+OUT_HEADER: Final = abi.OutHeader.STRUCT
+OUT_HEADER_SIZE: Final = abi.OutHeader.SIZE
+ATTR_REPLY: Final = _compose(abi.OutHeader, abi.AttrOut)
+ENTRY_REPLY: Final = _compose(abi.OutHeader, abi.EntryOut)
+CREATE_REPLY: Final = _compose(abi.OutHeader, abi.EntryOut, abi.OpenOut)
+OPEN_REPLY: Final = _compose(abi.OutHeader, abi.OpenOut)
+ENTRY: Final = abi.EntryOut.STRUCT
+DIRENT: Final = abi.DirentHeader.STRUCT
+DIRENTPLUS: Final = abi.DirentplusHeader.STRUCT
+DIRENT_SIZE: Final = abi.DirentHeader.SIZE
+DIRENTPLUS_SIZE: Final = abi.DirentplusHeader.SIZE
+
+# The fields of filesystem.Attr in fuse_attr order, read in one C call.
+attr_values: Final[Callable[[Attr], tuple[int, ...]]] = operator.attrgetter(
+    "ino", "size", "blocks", "atime", "mtime", "ctime", "atime_ns", "mtime_ns", "ctime_ns",
+    "mode", "nlink", "uid", "gid", "rdev", "blksize", "flags",
+)  # fmt: skip
+
+_NSEC: Final = 1_000_000_000
+_timeouts: dict[float, tuple[int, int]] = {}
+
+
+def split_timeout(seconds: float) -> tuple[int, int]:
+    """A cache timeout in seconds as the (seconds, nanoseconds) pair of the wire."""
+    cached = _timeouts.get(seconds)
+    if cached is not None:
+        return cached
+    if seconds <= 0:
+        pair = (0, 0)
+    else:
+        whole = int(seconds)
+        pair = (whole, min(int((seconds - whole) * _NSEC), _NSEC - 1))
+    if len(_timeouts) < 64:  # timeouts are a handful of policy constants
+        _timeouts[seconds] = pair
+    return pair
+
+
+def error(writer: ChainWriter, unique: int, errno: int) -> int:
+    writer.write_at(0, OUT_HEADER.pack(OUT_HEADER_SIZE, -errno, unique))
+    return OUT_HEADER_SIZE
+
+
+def empty(writer: ChainWriter, unique: int) -> int:
+    writer.write_at(0, OUT_HEADER.pack(OUT_HEADER_SIZE, 0, unique))
+    return OUT_HEADER_SIZE
+
+
+def payload(writer: ChainWriter, unique: int, data: bytes | bytearray) -> int:
+    """A reply of arbitrary bytes after the header (READLINK, xattr values, dirents)."""
+    total = OUT_HEADER_SIZE + len(data)
+    if data:
+        writer.write_at(OUT_HEADER_SIZE, data)
+    writer.write_at(0, OUT_HEADER.pack(total, 0, unique))
+    return total
+
+
+def record(writer: ChainWriter, unique: int, rec: Record) -> int:
+    return payload(writer, unique, rec.pack())
+
+
+def attr(writer: ChainWriter, unique: int, value: Attr, timeout: float) -> int:
+    secs, nsecs = split_timeout(timeout)
+    writer.write_at(
+        0, ATTR_REPLY.pack(ATTR_REPLY.size, 0, unique, secs, nsecs, 0, *attr_values(value))
+    )
+    return ATTR_REPLY.size
+
+
+def entry_values(entry: Entry) -> tuple[int, ...]:
+    """The fuse_entry_out fields of an Entry, in wire order."""
+    esecs, ensecs = split_timeout(entry.entry_timeout)
+    asecs, ansecs = split_timeout(entry.attr_timeout)
+    head = (entry.ino, entry.generation, esecs, asecs, ensecs, ansecs)
+    return head + attr_values(entry.attr)
+
+
+def entry(writer: ChainWriter, unique: int, value: Entry) -> int:
+    writer.write_at(0, ENTRY_REPLY.pack(ENTRY_REPLY.size, 0, unique, *entry_values(value)))
+    return ENTRY_REPLY.size
+
+
+def open_flags(opened: Opened) -> int:
+    """FOPEN_* bits for an Opened handle."""
+    flags = 0
+    if opened.direct_io:
+        flags |= abi.OpenOutFlags.DIRECT_IO
+    if opened.keep_cache:
+        flags |= abi.OpenOutFlags.KEEP_CACHE
+    if opened.cache_dir:
+        flags |= abi.OpenOutFlags.CACHE_DIR
+    if opened.nonseekable:
+        flags |= abi.OpenOutFlags.NONSEEKABLE
+    return int(flags)
+
+
+def opened(writer: ChainWriter, unique: int, value: Opened) -> int:
+    writer.write_at(0, OPEN_REPLY.pack(OPEN_REPLY.size, 0, unique, value.fh, open_flags(value), 0))
+    return OPEN_REPLY.size
+
+
+def created(writer: ChainWriter, unique: int, new: Entry, handle: Opened) -> int:
+    data = CREATE_REPLY.pack(
+        CREATE_REPLY.size, 0, unique, *entry_values(new), handle.fh, open_flags(handle), 0
+    )
+    writer.write_at(0, data)
+    return CREATE_REPLY.size
+
+
+def statfs(writer: ChainWriter, unique: int, st: StatFs) -> int:
+    rec = abi.KStatfs(st.blocks, st.bfree, st.bavail, st.files, st.ffree, st.bsize,
+                      st.namelen, st.frsize, 0)  # fmt: skip
+    return record(writer, unique, rec)
+
+
+def dirent(buf: bytearray, ino: int, off: int, dtype: int, name: bytes) -> None:
+    """Append one fuse_dirent, name and padding to `buf`."""
+    buf += DIRENT.pack(ino, off, len(name), dtype)
+    buf += name
+    pad = -len(buf) & 7
+    if pad:
+        buf += bytes(pad)
+
+
+_NO_ENTRY: Final = (0,) * len(dataclasses.fields(abi.EntryOut))
+
+
+def direntplus(
+    buf: bytearray, ino: int, off: int, dtype: int, name: bytes, new: Entry | None
+) -> None:
+    """Append one fuse_direntplus (entry_out, dirent, name, padding); None = no entry."""
+    values = _NO_ENTRY if new is None else entry_values(new)
+    buf += DIRENTPLUS.pack(*values, ino, off, len(name), dtype)
+    buf += name
+    pad = -len(buf) & 7
+    if pad:
+        buf += bytes(pad)
