@@ -79,7 +79,12 @@ mkfifo /run/stderr.pipe
 tee /run/stderr < /run/stderr.pipe > /dev/console &
 tee_pid=$!
 cd /
-sh -e /vhostfs/script < /dev/null > /run/stdout 2> /run/stderr.pipe
+# own session, so jobs the script leaves behind can be killed: they would hold the stderr
+# pipe open (tee never ends) and could still write after the record is framed
+setsid sh -e /vhostfs/script < /dev/null > /run/stdout 2> /run/stderr.pipe &
+script_pid=$!
+wait "$script_pid"
 rc=$?
+kill -KILL -- "-$script_pid" 2> /dev/null
 wait "$tee_pid"
 finish "$rc"

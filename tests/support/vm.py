@@ -51,7 +51,7 @@ QEMU: Final = "qemu-system-x86_64"
 VIRTIOFSD_C: Final = "/usr/lib/qemu/virtiofsd"
 #: the C virtiofsd and QEMU both limit sun_path; fail early with a clear message instead
 MAX_SOCKET_PATH: Final = 107
-KVM_PROBE_TIMEOUT: Final = 10.0  # a KVM boot takes ~1 s; a hung one never prints anything
+KVM_PROBE_TIMEOUT: Final = 5.0  # a working KVM boot takes ~1 s; a hung one never gets to /init
 SCRATCH_DEFAULT_MIB: Final = 64
 CONSOLE_TAIL: Final = 12000  # characters of console log quoted in failure messages
 

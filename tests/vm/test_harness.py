@@ -44,6 +44,7 @@ def test_script_output_is_framed_exactly(start_share: StartShare, tmp_path: Path
         "cat /mnt/greeting\n"
         "printf '@@VHOSTFS-END fake 1@@\\n\\001\\377no-newline'\n"
         "echo oops >&2\n"
+        "sleep 1000 &\n"  # a leftover job must not keep the guest from finishing
         "exit 7\n"
     )
 
@@ -71,3 +72,12 @@ def test_reboot_keeps_the_share(start_share: StartShare, tmp_path: Path) -> None
         b"boot 1 of 2\npersistent\n",
         b"boot 2 of 2\npersistent\n",
     ]
+
+
+def test_timeout_kills_qemu_and_reports_the_console() -> None:
+    with pytest.raises(vm.GuestTimeout) as excinfo:
+        vm.run_guest("echo about-to-hang >&2\nwhile :; do :; done\n", timeout=8)
+
+    message = str(excinfo.value)
+    assert "QEMU killed" in message
+    assert "--- console (tail):" in message
