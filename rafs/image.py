@@ -146,9 +146,13 @@ class Image:
         entries = self._b.entries(directory, start)
         while True:
             try:
-                next_index, name, child = _translated(next)(entries)
+                next_index, name, child = next(entries)
             except StopIteration:
                 return
+            except RafsError:
+                raise
+            except _UNEXPECTED as exc:
+                raise FormatError(f"{UNEXPECTED_PREFIX}: {type(exc).__name__}: {exc}") from exc
             yield next_index, name, self.inode(child)
 
     @_translated

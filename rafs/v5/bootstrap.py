@@ -69,6 +69,7 @@ class V5Bootstrap:
         self.blobs = self._read_blobs()
         self.prefetch_inos = self._read_prefetch()
         self.record = lru_cache(maxsize=_RECORD_CACHE)(self._load_record)
+        self._inode = lru_cache(maxsize=_RECORD_CACHE)(self._make_inode)
         root = self.record(L.ROOT_INDEX)
         if not stat.S_ISDIR(root.head.mode) or root.head.ino != L.ROOT_INDEX:
             raise FormatError("v5: inode index 1 is not the root directory")
@@ -199,6 +200,9 @@ class V5Bootstrap:
         return record
 
     def inode(self, ino: int) -> Inode:
+        return self._inode(ino)
+
+    def _make_inode(self, ino: int) -> Inode:
         head = self._canonical(ino).head
         parent = Ino(head.parent) if ino != L.ROOT_INDEX else self.root_ino
         return Inode(ino=Ino(ino), mode=head.mode, uid=head.uid, gid=head.gid, size=head.size,

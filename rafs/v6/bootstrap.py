@@ -107,6 +107,7 @@ class V6Bootstrap:
         self._chunk_table: dict[tuple[int, int], int] | None = None
         self._sources: dict[int, ChunkSource] = {}
         self._node = lru_cache(maxsize=_INODE_CACHE)(self._load_node)
+        self._inode = lru_cache(maxsize=_INODE_CACHE)(self._make_inode)
         self._dir_block = lru_cache(maxsize=_DIR_BLOCK_CACHE)(self._load_dir_block)
         if not stat.S_ISDIR(self._node(self.root_ino).head.mode):
             raise FormatError(f"v6: root nid {self.root_ino} is not a directory")
@@ -181,6 +182,9 @@ class V6Bootstrap:
         return node
 
     def inode(self, ino: int) -> Inode:
+        return self._inode(ino)
+
+    def _make_inode(self, ino: int) -> Inode:
         node = self._node(ino)
         head = node.head
         if isinstance(head, L.ExtendedInode):
