@@ -34,6 +34,7 @@ import functools
 import os
 import re
 import secrets
+import shlex
 import shutil
 import signal
 import subprocess
@@ -216,7 +217,8 @@ class Guest:
         Args:
             script: shell script for busybox ash, run with ``sh -e``.
             timeout: deadline in seconds for the whole run (all boots); QEMU is killed after it.
-            workdir: where logs, the initrd and disks go (kept); default a temporary directory.
+            workdir: where logs, the initrd and disks go (kept); default a temporary directory,
+                removed afterwards unless VHOSTFS_VM_KEEP=1.
             diagnostics: extra log files (e.g. the daemon's) quoted in failure messages.
 
         Returns the result whatever the script's status; call ``.check()`` to require success.
@@ -231,8 +233,13 @@ class Guest:
         if workdir is not None:
             workdir.mkdir(parents=True, exist_ok=True)
             return self._run_in(script, image, accel, workdir, timeout, diagnostics)
-        with tempfile.TemporaryDirectory(prefix="vhostfs-vm-") as tmp:
-            return self._run_in(script, image, accel, Path(tmp), timeout, diagnostics)
+        # a failure message names the workdir; set VHOSTFS_VM_KEEP=1 to keep temporary ones
+        tmp = Path(tempfile.mkdtemp(prefix="vhostfs-vm-"))
+        try:
+            return self._run_in(script, image, accel, tmp, timeout, diagnostics)
+        finally:
+            if os.environ.get("VHOSTFS_VM_KEEP") != "1":
+                shutil.rmtree(tmp, ignore_errors=True)
 
     def _validate(self) -> None:
         if self.boots < 1:
@@ -261,7 +268,7 @@ class Guest:
         if self.scratch_disk_mib:
             _make_disk(workdir / "scratch.img", self.scratch_disk_mib)
         argv = self.qemu_argv(image, initrd, workdir, accel)
-        (workdir / "qemu.cmd").write_text(" ".join(argv) + "\n")
+        (workdir / "qemu.cmd").write_text(shlex.join(argv) + "\n")
         start = time.monotonic()
         with (workdir / "qemu.stderr").open("wb") as err:
             proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=err, stderr=err,
