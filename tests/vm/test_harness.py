@@ -7,16 +7,28 @@ daemon test can be trusted to be the daemon's.
 
 from __future__ import annotations
 
+import subprocess
 from pathlib import Path
 
 import pytest
 
+from hack.vm import initramfs
 from tests.support import tree, vm
 from tests.vm.conftest import StartShare
 
-pytestmark = pytest.mark.vm
+
+def test_vmtool_on_host_matches_python_manifest(
+    guest_image: initramfs.GuestImage, test_tree: Path, test_tree_manifest: tree.Manifest
+) -> None:
+    # no VM: pins the C and Python manifest implementations to each other, so a guest
+    # mismatch below is about what the guest sees, not about the two implementations
+    out = subprocess.run([guest_image.vmtool, "manifest", test_tree], capture_output=True,
+                         check=True).stdout
+
+    assert tree.diff_manifests(test_tree_manifest, tree.parse_manifest(out)) == ""
 
 
+@pytest.mark.vm
 def test_guest_manifest_equals_host_manifest(
     start_share: StartShare, test_tree: Path, test_tree_manifest: tree.Manifest
 ) -> None:
@@ -33,6 +45,7 @@ def test_guest_manifest_equals_host_manifest(
     assert len(guest) > tree.BIG_DIR_ENTRIES
 
 
+@pytest.mark.vm
 def test_script_output_is_framed_exactly(start_share: StartShare, tmp_path: Path) -> None:
     shared = tmp_path / "shared"
     shared.mkdir()
@@ -57,6 +70,7 @@ def test_script_output_is_framed_exactly(start_share: StartShare, tmp_path: Path
         result.check()
 
 
+@pytest.mark.vm
 def test_reboot_keeps_the_share(start_share: StartShare, tmp_path: Path) -> None:
     shared = tmp_path / "shared"
     shared.mkdir()
@@ -74,6 +88,7 @@ def test_reboot_keeps_the_share(start_share: StartShare, tmp_path: Path) -> None
     ]
 
 
+@pytest.mark.vm
 def test_timeout_kills_qemu_and_reports_the_console() -> None:
     with pytest.raises(vm.GuestTimeout) as excinfo:
         vm.run_guest("echo about-to-hang >&2\nwhile :; do :; done\n", timeout=8)
