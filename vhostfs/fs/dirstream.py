@@ -1,0 +1,109 @@
+"""A host directory listing behind one OPENDIR handle, resumable by cookie in O(1).
+
+The guest reads a directory in buffer-sized pieces and resumes each with the cookie
+(`DirEntry.offset`) of the last entry it received. Cookies here are positions in the
+listing: "." is 0, ".." is 1, then the host entries in scandir order, and an entry's cookie
+is its position + 1. The stream keeps the scandir iterator open between requests plus a
+small window of entries it produced but the guest may not have received yet (the server
+pulls one entry more than fits). Resuming at the window is O(1); cookie 0 (rewinddir)
+restarts the listing from the host; any other cookie before the window restarts and skips
+(O(n), never done by Linux in practice). Memory stays bounded by one reply's worth of
+entries, so a 100k-entry directory costs O(n) in total, not O(n^2).
+
+The stream owns its directory fd and the dup that scandir makes; `close` releases both.
+"""
+
+from __future__ import annotations
+
+import os
+import stat
+from collections.abc import Iterator
+
+from vhostfs.fuse.filesystem import DirEntry
+
+DT_DIR = stat.S_IFDIR >> 12
+DT_REG = stat.S_IFREG >> 12
+DT_LNK = stat.S_IFLNK >> 12
+
+
+def dirent_type(entry: os.DirEntry[str]) -> int:
+    """DT_* of a scandir entry without following symlinks (d_type, else lstat)."""
+    if entry.is_symlink():
+        return DT_LNK
+    if entry.is_dir(follow_symlinks=False):
+        return DT_DIR
+    if entry.is_file(follow_symlinks=False):
+        return DT_REG
+    try:
+        return stat.S_IFMT(entry.stat(follow_symlinks=False).st_mode) >> 12
+    except OSError:
+        return 0  # DT_UNKNOWN: raced away; the guest will find out on lookup
+
+
+class DirStream:
+    """Entries of one open directory (see the module docstring)."""
+
+    def __init__(self, fd: int, dot_ino: int, dotdot_ino: int) -> None:
+        self.fd = fd  # owned: O_RDONLY | O_DIRECTORY
+        self._dots = (DirEntry(dot_ino, b".", DT_DIR, 1), DirEntry(dotdot_ino, b"..", DT_DIR, 2))
+        self._it: Iterator[os.DirEntry[str]] | None = None
+        self._produced = 0  # position of the next entry the host iterator yields
+        self._base = 0  # position of window[0]
+        self._window: list[DirEntry] = []
+
+    def entries(self, offset: int) -> Iterator[DirEntry]:
+        """Entries from cookie `offset` on; iterate lazily, stop whenever you like."""
+        if offset < self._base or (offset == 0 and self._produced > 0):
+            self._restart()
+        if offset < self._base + len(self._window):
+            del self._window[: offset - self._base]
+        else:
+            self._window.clear()
+            self._skip_to(offset)
+        self._base = offset
+        return self._generate()
+
+    def _generate(self) -> Iterator[DirEntry]:
+        yield from list(self._window)
+        while True:
+            entry = self._next()
+            if entry is None:
+                return
+            self._window.append(entry)
+            yield entry
+
+    def _next(self) -> DirEntry | None:
+        pos = self._produced
+        if pos < 2:
+            self._produced += 1
+            return self._dots[pos]
+        if self._it is None:
+            self._it = os.scandir(self.fd)
+        host = next(self._it, None)
+        if host is None:
+            return None
+        self._produced += 1
+        return DirEntry(host.inode(), os.fsencode(host.name), dirent_type(host), pos + 1)
+
+    def _skip_to(self, offset: int) -> None:
+        while self._produced < offset and self._next() is not None:
+            pass
+
+    def _restart(self) -> None:
+        self._close_iterator()
+        os.lseek(self.fd, 0, os.SEEK_SET)
+        self._produced = self._base = 0
+        self._window.clear()
+
+    def _close_iterator(self) -> None:
+        if self._it is not None:
+            close = getattr(self._it, "close", None)
+            if close is not None:
+                close()
+            self._it = None
+
+    def close(self) -> None:
+        self._close_iterator()
+        if self.fd >= 0:
+            os.close(self.fd)
+            self.fd = -1

@@ -1,0 +1,95 @@
+"""Linux syscalls the passthrough filesystem needs that the os module lacks (via ctypes).
+
+* `openat2` with RESOLVE_BENEATH | RESOLVE_NO_SYMLINKS | RESOLVE_NO_MAGICLINKS: open one name
+  relative to a directory fd such that nothing outside that directory can ever be reached
+  and no symlink is followed (Linux 5.6+; callers fall back to openat with O_NOFOLLOW).
+* `name_to_handle_at` / `open_by_handle_at`: a file handle names an inode persistently
+  without holding an fd, so the passthrough filesystem can forget fds and reopen inodes on
+  demand (needs CAP_DAC_READ_SEARCH and a filesystem that exports handles; the caller
+  probes once and falls back when either is missing).
+
+All functions raise OSError with the syscall's errno. They never block for long (metadata
+only) and keep no state but whether openat2 exists; the caller owns every fd returned.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import ctypes.util
+import errno
+import os
+import struct
+from typing import Final
+
+AT_EMPTY_PATH: Final = 0x1000
+RESOLVE_NO_XDEV: Final = 0x01
+RESOLVE_NO_MAGICLINKS: Final = 0x02
+RESOLVE_NO_SYMLINKS: Final = 0x04
+RESOLVE_BENEATH: Final = 0x08
+SYS_OPENAT2: Final = 437  # the same on every architecture (new-style syscall numbering)
+MAX_HANDLE_SZ: Final = 128  # linux/exportfs.h
+_HANDLE_HEAD: Final = struct.Struct("<Ii")  # struct file_handle: handle_bytes, handle_type
+
+_libc = ctypes.CDLL(ctypes.util.find_library("c") or None, use_errno=True)
+_libc.syscall.restype = ctypes.c_long
+_name_to_handle_at = _libc.name_to_handle_at
+_name_to_handle_at.argtypes = [
+    ctypes.c_int, ctypes.c_char_p, ctypes.c_void_p, ctypes.POINTER(ctypes.c_int), ctypes.c_int
+]  # fmt: skip
+_open_by_handle_at = _libc.open_by_handle_at
+_open_by_handle_at.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.c_int]
+
+
+class _OpenHow(ctypes.Structure):
+    _fields_ = [
+        ("flags", ctypes.c_uint64),
+        ("mode", ctypes.c_uint64),
+        ("resolve", ctypes.c_uint64),
+    ]
+
+
+def _raise(what: str) -> None:
+    code = ctypes.get_errno()
+    raise OSError(code, f"{what}: {os.strerror(code)}")
+
+
+_openat2_works = True
+
+
+def open_beneath(dirfd: int, name: bytes, flags: int) -> int:
+    """Open `name` (one component) under `dirfd` without following any symlink.
+
+    With O_PATH | O_NOFOLLOW a trailing symlink yields an fd for the link itself. Raises
+    OSError (ELOOP for a symlink without O_PATH, EXDEV/ENOENT for escapes).
+    """
+    global _openat2_works
+    if _openat2_works:
+        how = _OpenHow(flags | os.O_NOFOLLOW | os.O_CLOEXEC, 0,
+                       RESOLVE_BENEATH | RESOLVE_NO_SYMLINKS | RESOLVE_NO_MAGICLINKS)  # fmt: skip
+        fd = _libc.syscall(SYS_OPENAT2, dirfd, name, ctypes.byref(how), ctypes.sizeof(how))
+        if fd >= 0:
+            return int(fd)
+        code = ctypes.get_errno()
+        if code not in (errno.ENOSYS, errno.EPERM):
+            raise OSError(code, os.strerror(code), name)
+        _openat2_works = False  # old kernel or a seccomp filter: openat is as safe here
+    return os.open(name, flags | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=dirfd)
+
+
+def name_to_handle(fd: int) -> tuple[bytes, int]:
+    """(file handle, mount id) of the inode `fd` refers to (O_PATH fds work)."""
+    buf = ctypes.create_string_buffer(_HANDLE_HEAD.size + MAX_HANDLE_SZ)
+    _HANDLE_HEAD.pack_into(buf, 0, MAX_HANDLE_SZ, 0)
+    mount_id = ctypes.c_int()
+    if _name_to_handle_at(fd, b"", buf, ctypes.byref(mount_id), AT_EMPTY_PATH) != 0:
+        _raise("name_to_handle_at")
+    size, _ = _HANDLE_HEAD.unpack_from(buf, 0)
+    return buf.raw[: _HANDLE_HEAD.size + size], mount_id.value
+
+
+def open_by_handle(mount_fd: int, handle: bytes, flags: int) -> int:
+    """Open the inode named by `handle`; `mount_fd` is a non-O_PATH fd on its mount."""
+    fd = _open_by_handle_at(mount_fd, handle, flags | os.O_CLOEXEC)
+    if fd < 0:
+        _raise("open_by_handle_at")
+    return int(fd)
