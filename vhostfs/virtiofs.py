@@ -253,6 +253,11 @@ class VirtioFsDevice:
         self._nursery.start_soon(runner.run)
         log.debug("queue %d started: size %d, base %#x", vring.index, vring.num, vring.base)
 
+    def interrupt(self, index: int) -> None:
+        runner = self._runners.get(index)
+        if runner is not None and runner.vring.call is not None:
+            signal_eventfd(runner.vring.call)
+
     async def stop_queue(self, index: int) -> int | None:
         runner = self._runners.pop(index, None)
         if runner is None:

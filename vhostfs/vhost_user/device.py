@@ -71,6 +71,10 @@ class Device(Protocol):
         """
         ...
 
+    def interrupt(self, index: int) -> None:
+        """Signal a running ring's current call fd (harmless if nothing is new)."""
+        ...
+
     async def stop_queue(self, index: int) -> int | None:
         """Stop a running ring after its in-flight requests end; return its resume index.
 

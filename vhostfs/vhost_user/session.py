@@ -241,6 +241,11 @@ class Session:
     async def _set_vring_call(self, message: Message) -> None:
         vring, fd = self._ring_fd(message)
         vring.replace_fd("call", fd)  # a running queue reads it at its next notification
+        if vring.index in self._running:
+            # A completion may have signalled the old fd just before it was replaced, and a
+            # frontend need not forward that: a spurious interrupt is harmless, a lost one
+            # hangs the guest.
+            self.device.interrupt(vring.index)
 
     async def _set_vring_err(self, message: Message) -> None:
         vring, fd = self._ring_fd(message)

@@ -44,6 +44,9 @@ class RecordingDevice:
         self.events.append(("start", vring.index))
         self.running.add(vring.index)
 
+    def interrupt(self, index: int) -> None:
+        self.events.append(("interrupt", index))
+
     async def stop_queue(self, index: int) -> int | None:
         self.events.append(("stop", index))
         self.running.discard(index)
@@ -126,9 +129,12 @@ async def test_ring_starts_on_kick_and_enable_and_stops_on_get_base() -> None:
     assert device.events == []  # PROTOCOL_FEATURES: rings start disabled
     await session.handle(Message(FrontendReq.SET_VRING_ENABLE, 1, VringState(1, 1).pack()))
     assert device.events == [("start", 1)]
+    call = os.eventfd(0)
+    await session.handle(Message(FrontendReq.SET_VRING_CALL, 1, U64(1).pack(), [call]))
+    assert device.events == [("start", 1), ("interrupt", 1)]  # the new fd gets a signal
     reply = await session.handle(Message(FrontendReq.GET_VRING_BASE, 1, VringState(1, 0).pack()))
     assert reply is not None and VringState.unpack(reply[12:]) == VringState(1, 42)
-    assert device.events == [("start", 1), ("stop", 1)]
+    assert device.events[-1] == ("stop", 1)
     assert session.vrings[1].kick is None  # the stop released the kick fd
 
 
