@@ -24,7 +24,6 @@ Theory of operation:
 
 from __future__ import annotations
 
-import struct
 import threading
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -33,8 +32,6 @@ from typing import Final
 from tests.support.guest_memory import DriverMemory
 from vhostfs.virtio.chain import DESCRIPTOR, F_INDIRECT, F_NEXT, F_WRITE
 
-U16: Final = struct.Struct("<H")
-USED_ELEM: Final = struct.Struct("<II")  # used ring element: u32 id, u32 len
 USED_F_NO_NOTIFY: Final = 1  # used.flags
 
 TABLE_NONE: Final = 0  # ChainSpec.table_kind: table memory not written yet
@@ -199,11 +196,11 @@ class SplitDriverRing:
         self._publish(head)
 
     def _publish(self, head: int) -> None:
-        buf = self.mem.buf
-        U16.pack_into(buf, self.avail + 4 + 2 * (self.avail_idx % self.num), head)
+        u16 = self.mem.u16
+        u16[(self.avail + 4) // 2 + self.avail_idx % self.num] = head
         self.avail_idx = (self.avail_idx + 1) & 0xFFFF
         # The ring entry is stored before the index (x86 keeps stores in order).
-        U16.pack_into(buf, self.avail + 2, self.avail_idx)
+        u16[(self.avail + 2) // 2] = self.avail_idx
 
     def kick_needed(self) -> bool:
         """Must the device be kicked for the chains published since the last call?"""
@@ -212,19 +209,19 @@ class SplitDriverRing:
         if old == new:
             return False
         full_barrier()
+        u16 = self.mem.u16
         if self.event_idx:
-            avail_event = U16.unpack_from(self.mem.buf, self.used + 4 + 8 * self.num)[0]
-            return need_event(avail_event, new, old)
-        return not U16.unpack_from(self.mem.buf, self.used)[0] & USED_F_NO_NOTIFY
+            return need_event(u16[(self.used + 4 + 8 * self.num) // 2], new, old)
+        return not u16[self.used // 2] & USED_F_NO_NOTIFY
 
     def poll_used(self) -> list[tuple[int, int]]:
         """Consume new used elements: [(head, bytes written)], freeing their descriptors."""
-        buf = self.mem.buf
-        idx = U16.unpack_from(buf, self.used + 2)[0]
+        u32 = self.mem.u32
+        idx = self.mem.u16[(self.used + 2) // 2]
         done: list[tuple[int, int]] = []
         while self.last_used != idx:
-            slot = self.used + 4 + 8 * (self.last_used % self.num)
-            head, length = USED_ELEM.unpack_from(buf, slot)
+            slot = (self.used + 4) // 4 + 2 * (self.last_used % self.num)
+            head, length = u32[slot], u32[slot + 1]
             descs = self._chains[head] if head < self.num else None
             if descs is None:
                 raise DeviceMisbehaved(f"used ring returned head {head}, which is not in flight")
@@ -236,9 +233,10 @@ class SplitDriverRing:
 
     def arm_interrupt(self) -> bool:
         """Ask for an interrupt at the next used element; True if one is already there."""
+        u16 = self.mem.u16
         if self.event_idx:
-            U16.pack_into(self.mem.buf, self.avail + 4 + 2 * self.num, self.last_used)
+            u16[(self.avail + 4) // 2 + self.num] = self.last_used
         else:
-            U16.pack_into(self.mem.buf, self.avail, 0)
+            u16[self.avail // 2] = 0
         full_barrier()
-        return bool(U16.unpack_from(self.mem.buf, self.used + 2)[0] != self.last_used)
+        return bool(u16[(self.used + 2) // 2] != self.last_used)

@@ -48,6 +48,12 @@ class DriverMemory:
         self._map = mmap.mmap(self.fd, size, mmap.MAP_SHARED, mmap.PROT_READ | mmap.PROT_WRITE)
         # One memoryview over all of RAM: ring and buffer accessors index it by gpa.
         self.buf = memoryview(self._map)
+        # Shared ring indexes and flags must be written with one store each. struct's
+        # pack_into zero-fills its destination before packing, so a concurrent reader can see
+        # 0 in the middle of an update (the C virtiofsd then panics: "Guest moved used index
+        # from N to 0"). Item assignment through these casts is a single aligned store.
+        self.u16 = self.buf.cast("H")  # index gpa // 2
+        self.u32 = self.buf.cast("I")  # index gpa // 4
         self.regions: tuple[MemRegion, ...] = (
             MemRegion(0, HOLE_START, uaddr_base, 0),
             MemRegion(HOLE_END, size - HOLE_END, uaddr_base + HOLE_END, HOLE_END),
@@ -98,6 +104,8 @@ class DriverMemory:
     def close(self) -> None:
         if self.fd < 0:
             return
+        self.u16.release()
+        self.u32.release()
         self.buf.release()
         self._map.close()
         os.close(self.fd)
