@@ -117,6 +117,12 @@ class PackedDriverRing:
         self.mem.u16[(self.ring + 16 * first_slot + 14) // 2] = first_flags
         self._added += len(descs)
 
+    def descriptors_needed(self, chain: ChainSpec) -> int:
+        """Ring slots `add(chain)` would take (compare with `free_descriptors`)."""
+        if self.indirect and chain.table_gpa and len(chain.segments) > 1:
+            return 1
+        return len(chain.segments)
+
     def add(self, chain: ChainSpec) -> int:
         """Place `chain`; returns its buffer id (what the device returns on completion)."""
         segs = chain.segments

@@ -146,6 +146,12 @@ class SplitDriverRing:
         self.mem.free(self.avail, 6 + 2 * self.num, 64)
         self.mem.free(self.used, 6 + 8 * self.num, 64)
 
+    def descriptors_needed(self, chain: ChainSpec) -> int:
+        """Ring descriptors `add(chain)` would take (compare with `free_descriptors`)."""
+        if self.indirect and chain.table_gpa and len(chain.segments) > 1:
+            return 1
+        return len(chain.segments)
+
     def add(self, chain: ChainSpec) -> int:
         """Place `chain` and publish it; returns its head (the id the used ring returns)."""
         segs = chain.segments

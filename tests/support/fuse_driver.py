@@ -165,10 +165,15 @@ class FuseDriver:
         self.frontend.mem.buf[call.in_gpa + 8 : call.in_gpa + 16] = call.unique.to_bytes(
             8, "little"
         )
+        ident = self.frontend.queues[call.queue].add(call.chain)  # may raise RingFull
         call.used_len = -1
         call.in_flight = True
-        q = self.frontend.queues[call.queue]
-        self._by_id[call.queue][q.add(call.chain)] = call
+        self._by_id[call.queue][ident] = call
+
+    def fits(self, call: FuseCall) -> bool:
+        """Is there room on the ring for `call` right now?"""
+        ring = self.frontend.queues[call.queue].ring
+        return ring.descriptors_needed(call.chain) <= ring.free_descriptors
 
     def submit(self, *calls: FuseCall) -> None:
         """Place calls and notify their queues once (if the notification rules ask)."""
@@ -231,18 +236,20 @@ class FuseDriver:
     def run_many(
         self, calls: Sequence[FuseCall], in_flight: int, deadline: float | None = None
     ) -> list[FuseReply]:
-        """Run prepared calls (all on one queue) keeping up to `in_flight` outstanding;
-        replies in input order."""
+        """Run prepared calls (all on one queue) keeping up to `in_flight` outstanding, fewer
+        while the ring has no room; replies in input order."""
         deadline = deadline or self.frontend.deadline()
+        queue = self.frontend.queues[calls[0].queue]
         pending = list(reversed(calls))
         outstanding = 0
         while pending or outstanding:
-            batch = []
-            while pending and outstanding < in_flight:
-                batch.append(pending.pop())
+            # With nothing outstanding, add() itself reports a chain that can never fit.
+            while (
+                pending and outstanding < in_flight and (not outstanding or self.fits(pending[-1]))
+            ):
+                self.add(pending.pop())
                 outstanding += 1
-            if batch:
-                self.submit(*batch)
+            queue.flush()
             outstanding -= len(self.collect(calls[0].queue, deadline))
         return [self.reply(c) for c in calls]
 
