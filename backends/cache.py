@@ -241,6 +241,10 @@ class CachedBlob:
             extra.append(c)
         return chunks + extra
 
+    async def fetch(self, chunks: list[ChunkSpec], codec: ChunkCodec, limit: int) -> None:
+        """Fetch and cache `chunks` (missing, not in flight) in runs of `limit` bytes."""
+        await self._fetch(self.missing(chunks), codec, limit, amplify=False)
+
     async def _fetch(self, chunks: list[ChunkSpec], codec: ChunkCodec, limit: int, *,
                      amplify: bool) -> dict[int, bytes]:
         """Fetch, verify and cache `chunks` (all missing, none in flight); returns content."""

@@ -30,10 +30,7 @@ class LocalFsBackend:
         self.metrics = BackendMetrics("localfs")
 
     def _candidates(self, blob: BlobId) -> list[str]:
-        if self._config.blob_file:
-            first = self._config.blob_file
-        else:
-            first = os.path.join(self._config.dir, blob)
+        first = self._config.blob_file or os.path.join(self._config.dir, blob)
         return [first, *(os.path.join(d, blob) for d in self._config.alt_dirs)]
 
     def _open(self, blob: BlobId) -> int:
