@@ -92,10 +92,10 @@ def test_driver_and_device_agree(
             mem.write(src, payload)
             out = mem.alloc(64)
             segs = [(src, len(payload), False)] + [(out + 32 * i, 32, True) for i in range(nseg)]
-            chain = ChainSpec(segs, mem.alloc(16 * len(segs), 16))
-            in_flight[ring.add(chain)] = (payload, out)
+            spec = ChainSpec(segs, mem.alloc(16 * len(segs), 16))
+            in_flight[ring.add(spec)] = (payload, out)
         ring.kick_needed()
-        popped = []
+        popped: list[Chain] = []
         while (chain := device.pop()) is not None:
             assert chain.error is None, chain.error
             popped.append(chain)
