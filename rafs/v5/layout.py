@@ -139,3 +139,25 @@ class ChunkRecord(Record, fmt="<32sIIIIQQQII"):
             raise FormatError(f"chunk record: uncompressed size {self.uncompressed_size}")
         if self.compressed_size > MAX_CHUNK_SIZE + MAX_CHUNK_SIZE // 2:
             raise FormatError(f"chunk record: compressed size {self.compressed_size}")
+
+
+@dataclass(frozen=True, slots=True)
+class BlobEntryHeadV5(Record, fmt="<II"):
+    """The fixed head of a v5 blob table entry; the blob id and a NUL follow (§3.5)."""
+
+    readahead_offset: int  # bytes: prefetch hint, start in the blob
+    readahead_size: int  # bytes: prefetch hint, length
+
+
+@dataclass(frozen=True, slots=True)
+class XattrTableHeadV5(Record, fmt="<Q"):
+    """The u64 that opens a v5 xattr table (§3.9)."""
+
+    size: int  # bytes of pair data that follow (padding excluded)
+
+
+@dataclass(frozen=True, slots=True)
+class XattrPairHeadV5(Record, fmt="<I"):
+    """The u32 before each v5 xattr pair `name NUL value` (§3.9)."""
+
+    pair_len: int  # bytes: len(name) + 1 + len(value)
