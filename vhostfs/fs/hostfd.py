@@ -54,6 +54,9 @@ def _raise(what: str) -> None:
 
 
 _openat2_works = True
+_RESOLVE: Final = RESOLVE_BENEATH | RESOLVE_NO_SYMLINKS | RESOLVE_NO_MAGICLINKS
+_HOW_SIZE: Final = ctypes.sizeof(_OpenHow)
+_hows: dict[int, _OpenHow] = {}  # one per flag combination (a handful), never mutated
 
 
 def open_beneath(dirfd: int, name: bytes, flags: int) -> int:
@@ -64,9 +67,10 @@ def open_beneath(dirfd: int, name: bytes, flags: int) -> int:
     """
     global _openat2_works
     if _openat2_works:
-        how = _OpenHow(flags | os.O_NOFOLLOW | os.O_CLOEXEC, 0,
-                       RESOLVE_BENEATH | RESOLVE_NO_SYMLINKS | RESOLVE_NO_MAGICLINKS)  # fmt: skip
-        fd = _libc.syscall(SYS_OPENAT2, dirfd, name, ctypes.byref(how), ctypes.sizeof(how))
+        how = _hows.get(flags)
+        if how is None:
+            how = _hows[flags] = _OpenHow(flags | os.O_NOFOLLOW | os.O_CLOEXEC, 0, _RESOLVE)
+        fd = _libc.syscall(SYS_OPENAT2, dirfd, name, ctypes.byref(how), _HOW_SIZE)
         if fd >= 0:
             return int(fd)
         code = ctypes.get_errno()

@@ -227,8 +227,19 @@ class PassthroughFilesystem(Filesystem):
         return True
 
     def _new_entry(self, parent: HostInode, name: bytes) -> Entry:
-        """Open `name` under `parent` and count one guest reference to its node."""
-        fd = hostfd.open_beneath(self._fd(parent), name, os.O_PATH)
+        """Look `name` up under `parent` and count one guest reference to its node.
+
+        A single component with AT_SYMLINK_NOFOLLOW cannot leave the parent, so a name whose
+        inode is already known needs only the fstatat; new inodes are opened (beneath the
+        parent, no symlinks) to get a file handle and an fd for the LRU.
+        """
+        pfd = self._fd(parent)
+        st = os.stat(name, dir_fd=pfd, follow_symlinks=False)
+        ino = self.nodes.find((st.st_dev, st.st_ino))
+        if ino is not None:
+            self.nodes.ref((st.st_dev, st.st_ino), _unreachable)
+            return Entry(ino, attr_of(st), self.timeout, self.timeout)
+        fd = hostfd.open_beneath(pfd, name, os.O_PATH)
         try:
             st = os.fstat(fd)
             ino, node = self.nodes.ref((st.st_dev, st.st_ino),
@@ -380,6 +391,10 @@ class PassthroughFilesystem(Filesystem):
 
     async def listxattr(self, ctx: Context, ino: Ino) -> list[bytes]:
         return [os.fsencode(n) for n in os.listxattr(self._proc_path(self._node(ino)))]
+
+
+def _unreachable() -> HostInode:
+    raise AssertionError("node exists")
 
 
 def _remaining(bufs: Sequence[memoryview], skip: int) -> list[memoryview]:
