@@ -261,7 +261,7 @@ def parse_v1(doc: object) -> StorageConfig:
     compressed, validate = cache.flag("compressed"), cache.flag("validate")
     work_dir, indexed = _cache_dir(cache_type, cache.table("config"))
     cache.finish()
-    device.text("id")
+    mount_id = device.text("id")
     device.finish()
     if not top.has("mode"):
         raise ConfigError("mode is required")
@@ -269,7 +269,7 @@ def parse_v1(doc: object) -> StorageConfig:
     rafs = _rafs(top.text("mode"), top.flag("digest_validate"),
                  top.integer("amplify_io", DEFAULT_AMPLIFY_IO, 0, MAX_BATCH), top, prefetch)
     top.finish()
-    return StorageConfig(id=device.text("id"), backend_type=kind, backend=parsed,
+    return StorageConfig(id=mount_id, backend_type=kind, backend=parsed,
                          cache_type=cache_type, cache_compressed=compressed,
                          cache_validate=validate, work_dir=work_dir, disable_indexed_map=indexed,
                          cache_prefetch=prefetch, rafs=rafs)
@@ -309,8 +309,9 @@ def parse_v2(doc: object) -> StorageConfig:
         _require(overlay, "upper_dir", "work_dir")
         overlay.text("upper_dir"), overlay.text("work_dir")
     overlay.finish()
+    mount_id = top.text("id")
     top.finish()
-    return StorageConfig(id=top.text("id"), backend_type=kind, backend=parsed,
+    return StorageConfig(id=mount_id, backend_type=kind, backend=parsed,
                          cache_type=cache_type, cache_compressed=compressed,
                          cache_validate=validate, work_dir=work_dir, disable_indexed_map=indexed,
                          cache_prefetch=cache_prefetch, rafs=rafs)

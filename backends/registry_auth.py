@@ -40,7 +40,8 @@ TOKEN_EARLY_REFRESH: Final = 20.0  # seconds before expiry a token counts as sta
 # RFC 7230 token and quoted-string, as used by RFC 7235 auth-params.
 _TOKEN: Final = r"[!#$%&'*+.^_`|~0-9A-Za-z-]+"
 _QUOTED: Final = r'"(?:[^"\\]|\\.)*"'
-_PARAM: Final = re.compile(rf"\s*({_TOKEN})\s*=\s*({_TOKEN}|{_QUOTED})\s*(?:,|$)")
+# Values: quoted-string, or (leniently, some registries do this) any bare run up to a comma.
+_PARAM: Final = re.compile(rf"\s*({_TOKEN})\s*=\s*({_QUOTED}|[^,\s\"]+)\s*(?:,|$)")
 _SCHEME: Final = re.compile(rf"\s*({_TOKEN})(?:\s+|$)")
 
 
