@@ -16,6 +16,7 @@ from hypothesis import strategies as st
 
 import rafs
 
+from . import synth_v6 as s
 from .conftest import V5_DIR, V6_DIR
 from .mutate import exercise
 
@@ -85,3 +86,21 @@ def test_random_bytes(raw: bytes) -> None:
 @given(st.binary(max_size=9000), st.sampled_from([V5[:8], V6[:1028]]))
 def test_random_bytes_with_magic(raw: bytes, head: bytes) -> None:
     exercise(head + raw)
+
+
+def _synthetic() -> bytes:
+    shared = s.f(b"same", compact=True)
+    names = {b"n%04d-%s" % (i, b"y" * 100): s.f(b"") for i in range(50)}  # two blocks
+    tree = s.d({b"a": shared, b"b": shared, b"sub": s.d(names),
+                b"x": s.f(b"v" * 9000, xattrs={(1, b"k"): b"v"}, holes=frozenset({1})),
+                b"ln": s.link(b"t" * 100)})
+    return s.build(tree)[0]
+
+
+def test_synthetic_v6_flips() -> None:
+    """Multi-block directories, xattrs, holes, hardlinks and symlinks under byte flips."""
+    buf = _synthetic()
+    assert exercise(buf) == "ok"
+    offsets = _interesting(buf, 97)
+    outcomes = {exercise(_flip(buf, offset, 0xFF)) for offset in offsets[::3]}
+    assert "FormatError" in outcomes
