@@ -337,10 +337,11 @@ def virtiofsd_command(socket_path: Path | str, shared_dir: Path | str, *, cache:
     return argv
 
 
-def vhostfs_command(socket_path: Path | str, shared_dir: Path | str) -> list[str]:
+def vhostfs_command(socket_path: Path | str, shared_dir: Path | str, *,
+                    cache: str = "auto") -> list[str]:
     """Our daemon (this checkout, run by the current interpreter) serving ``shared_dir``."""
     return [sys.executable, "-m", "vhostfs", "virtiofs", "--sock", str(socket_path),
-            "--shared-dir", str(shared_dir)]
+            "--shared-dir", str(shared_dir), "--cache", cache]
 
 
 @dataclasses.dataclass(slots=True)
