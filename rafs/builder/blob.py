@@ -133,8 +133,10 @@ class BlobWriter:
         toc = [self._toc(b"image.blob", Compressor.NONE, self._hash.digest(), data_size,
                          data_size, self._uoffset)]
         ci = b"".join(encode_ci_v1(r).pack() for r in self._records)
-        stored, compressed = compress(self.compressor, ci)
-        ci_compressor = self.compressor if compressed else Compressor.NONE
+        # Upstream ToC readers refuse lz4 sections, so only zstd is used for the ci array.
+        ci_compressor = self.compressor if self.compressor is Compressor.ZSTD else Compressor.NONE
+        stored, compressed = compress(ci_compressor, ci)
+        ci_compressor = ci_compressor if compressed else Compressor.NONE
         meta = BlobMetaLocation(ci_compressor, self._pos, len(stored), len(ci))
         header = BlobMetaHeader(META_MAGIC, int(V6_FEATURES), ci_compressor, len(self._records),
                                 meta.offset, len(stored), len(ci), 0, 0, 0, META_MAGIC).pack()
