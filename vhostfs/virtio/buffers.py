@@ -41,45 +41,65 @@ def split_views(bufs: Sequence[memoryview], offset: int, size: int) -> list[memo
 class ChainReader:
     """Consumes the device-readable bytes of a chain in order."""
 
-    __slots__ = ("_bufs", "_pos", "remaining")
+    __slots__ = ("_bufs", "_index", "_offset", "remaining")
 
     def __init__(self, bufs: list[memoryview]) -> None:
         self._bufs = bufs
-        self._pos = 0  # stream position
-        self.remaining = sum(len(b) for b in bufs)
+        self._index = 0  # buffer holding the next unread byte
+        self._offset = 0  # position inside that buffer
+        self.remaining = sum(map(len, bufs))
 
     def read(self, size: int) -> bytes:
         """Exactly `size` bytes, or ChainError if the readable part is shorter."""
         if size > self.remaining or size < 0:
             raise ChainError(f"request needs {size} bytes, {self.remaining} readable")
-        first = self._bufs[0] if self._bufs else None
-        if first is not None and self._pos + size <= len(first):
-            # Fast path: everything lies in the first buffer (the common FUSE header case).
-            data = bytes(first[self._pos : self._pos + size])
-        else:
-            data = b"".join(split_views(self._bufs, self._pos, size))
-        self._pos += size
-        self.remaining -= size
-        return data
+        return bytes(self._take(size)) if size else b""
 
     def views(self, size: int) -> list[memoryview]:
         """The next `size` readable bytes as guest-memory slices, consumed (zero-copy)."""
         if size > self.remaining or size < 0:
             raise ChainError(f"request needs {size} bytes, {self.remaining} readable")
-        out = split_views(self._bufs, self._pos, size)
-        self._pos += size
-        self.remaining -= size
+        out: list[memoryview] = []
+        while size:
+            buf = self._bufs[self._index]
+            take = min(len(buf) - self._offset, size)
+            out.append(self._consume(buf, take))
+            size -= take
         return out
+
+    def _take(self, size: int) -> memoryview | bytes:
+        buf = self._bufs[self._index]
+        if self._offset + size <= len(buf):
+            # The common case: a FUSE header or its arguments sit in one descriptor.
+            return self._consume(buf, size)
+        return b"".join(self.views(size))
+
+    def _consume(self, buf: memoryview, size: int) -> memoryview:
+        start = self._offset
+        end = start + size
+        self.remaining -= size
+        if end == len(buf):
+            self._index += 1
+            self._offset = 0
+        else:
+            self._offset = end
+        return buf[start:end]
 
 
 class ChainWriter:
     """Fills the device-writable bytes of a chain; `written` becomes the used length."""
 
-    __slots__ = ("_bufs", "capacity", "written")
+    __slots__ = ("_bufs", "_starts", "capacity", "written")
 
     def __init__(self, bufs: list[memoryview]) -> None:
         self._bufs = bufs
-        self.capacity = sum(len(b) for b in bufs)
+        starts = []
+        total = 0
+        for buf in bufs:
+            starts.append(total)
+            total += len(buf)
+        self._starts = starts  # stream offset of each buffer
+        self.capacity = total
         self.written = 0  # high-water mark of bytes written from the start
 
     def write_at(self, offset: int, data: bytes | bytearray | memoryview) -> None:
@@ -88,16 +108,25 @@ class ChainWriter:
         end = offset + size
         if offset < 0 or end > self.capacity:
             raise ChainError(f"reply of {end} bytes exceeds the {self.capacity} writable")
-        first = self._bufs[0]
-        if end <= len(first):
-            first[offset:end] = data
+        index = self._locate(offset)
+        buf = self._bufs[index]
+        local = offset - self._starts[index]
+        if local + size <= len(buf):
+            # The common case: the out header, or a reply body in its own descriptor.
+            buf[local : local + size] = data
         else:
+            # Header and body written at once over the guest's two descriptors.
             src = memoryview(data).cast("B")
+            bufs = self._bufs
             pos = 0
-            for view in split_views(self._bufs, offset, size):
-                n = len(view)
-                view[:] = src[pos : pos + n]
+            while pos < size:
+                n = min(len(buf) - local, size - pos)
+                buf[local : local + n] = src[pos : pos + n]
                 pos += n
+                index += 1
+                local = 0
+                if pos < size:
+                    buf = bufs[index]
         if end > self.written:
             self.written = end
 
@@ -106,9 +135,10 @@ class ChainWriter:
 
         The caller reports how much it filled with `commit`.
         """
-        if offset < 0 or offset + size > self.capacity:
+        if offset < 0 or size < 0 or offset + size > self.capacity:
             raise ChainError(f"reply of {offset + size} bytes exceeds the {self.capacity}")
-        return split_views(self._bufs, offset, size)
+        index = self._locate(offset)
+        return split_views(self._bufs[index:], offset - self._starts[index], size)
 
     def commit(self, end: int) -> None:
         """Record that the stream is filled up to `end` (after writing into `views`)."""
@@ -116,3 +146,12 @@ class ChainWriter:
             raise ChainError(f"reply of {end} bytes exceeds the {self.capacity} writable")
         if end > self.written:
             self.written = end
+
+    def _locate(self, offset: int) -> int:
+        """Index of the buffer holding stream byte `offset` (chains are short: scan)."""
+        starts = self._starts
+        last = len(starts) - 1
+        index = 0
+        while index < last and starts[index + 1] <= offset:
+            index += 1
+        return index
