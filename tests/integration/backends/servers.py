@@ -141,7 +141,7 @@ class TokenIssuer:
         issuer = self
 
         class Handler(BaseHTTPRequestHandler):
-            def do_GET(self) -> None:  # noqa: N802 - http.server's naming
+            def do_GET(self) -> None:
                 query = parse_qs(urlparse(self.path).query)
                 issuer.requests.append(query)
                 expected = "Basic " + base64.b64encode(

@@ -20,6 +20,16 @@ BLOB, STORED, SPECS = make_blob(CONTENTS)
 SIZE = data_size(SPECS)
 
 
+def file_size(path: Path) -> int:
+    return os.path.getsize(path)
+
+
+def flip_byte(path: Path, offset: int) -> None:
+    with open(path, "r+b") as f:
+        f.seek(offset)
+        f.write(bytes([f.read(1)[0] ^ 0xFF]))
+
+
 def make_cache(tmp_path: Path, **settings: object) -> tuple[CachedBackend, InMemoryBackend]:
     backend = InMemoryBackend({BLOB: STORED})
     cache = CachedBackend(backend, CacheSettings(work_dir=str(tmp_path), **settings),  # type: ignore[arg-type]
@@ -40,7 +50,7 @@ async def test_miss_then_hit_and_file_layout(tmp_path: Path) -> None:
     assert cache.metrics.whole_hits == 1 and cache.metrics.chunk_misses == 2
     names = sorted(os.listdir(tmp_path))
     assert names == [f"{BLOB}.blob.data", f"{BLOB}.blob.data.chunk_map"]
-    assert os.path.getsize(tmp_path / names[0]) == SIZE
+    assert file_size(tmp_path / names[0]) == SIZE
     raw = (tmp_path / names[1]).read_bytes()
     assert len(raw) == 4096 + 1 and raw[4096] == 0b0110_0000
     data = (tmp_path / names[0]).read_bytes()
@@ -109,9 +119,7 @@ async def test_corrupted_cache_file_detected_with_validate(tmp_path: Path) -> No
     cache, backend = make_cache(tmp_path, validate=True, amplify_io=0)
     blob = await cache.open_blob(BLOB, len(SPECS), SIZE)
     await blob.read_chunks([SPECS[6]], ZlibSha256Codec())
-    with open(tmp_path / f"{BLOB}.blob.data", "r+b") as f:
-        f.seek(SPECS[6].uncompressed_offset + 7)
-        f.write(b"\xff")
+    flip_byte(tmp_path / f"{BLOB}.blob.data", SPECS[6].uncompressed_offset + 7)
     assert await blob.read_chunks([SPECS[6]], ZlibSha256Codec()) == [CONTENTS[6]]
     assert backend.metrics.read_count == 2 and cache.metrics.digest_failures == 1
     await cache.aclose()
