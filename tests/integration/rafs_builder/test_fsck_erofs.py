@@ -128,3 +128,16 @@ def test_dump_erofs_sees_devices_and_root(source: Path, tmp_path: Path) -> None:
     # erofs-utils adds every device's blocks to s_blocks, which Nydus (and we) set to the
     # devices' total already: the device slot's count must be uncompressed_size / 4096.
     assert blocks == 2 * ((blob.uncompressed_size or 0) // 4096)
+
+
+def test_fsck_accepts_image_without_blobs(tmp_path: Path) -> None:
+    source = tmp_path / "src"
+    (source / "empty-dir").mkdir(parents=True)
+    (source / "empty-file").write_bytes(b"")
+    (source / "link").symlink_to("empty-file")
+    result = build_from_directory(source, tmp_path / "bootstrap", tmp_path / "blobs")
+    assert result.blobs == []
+    _fsck(result.bootstrap, [], tmp_path / "x")
+    assert sorted(p.name for p in (tmp_path / "x").iterdir()) == ["empty-dir", "empty-file",
+                                                                  "link"]
+    assert (tmp_path / "x" / "link").readlink() == Path("empty-file")
