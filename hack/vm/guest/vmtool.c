@@ -10,6 +10,12 @@
  *                           entry, in the format tests/support/tree.py parses
  *   vmtool drain TTY        wait until TTY's transmit buffer is empty (tcdrain), so
  *                           /init can power off without truncating the result port
+ *   vmtool now              CLOCK_MONOTONIC in seconds (busybox date has no %N), for
+ *                           hack/bench to time guest work
+ *   vmtool randread FILE COUNT SEED
+ *                           COUNT preads of 4 KiB at page-aligned offsets drawn from a
+ *                           xorshift64 stream seeded with SEED (the same offsets for every
+ *                           daemon); prints "reads=N bytes=B seconds=S" timed inside
  *
  * Record format (one line, fields separated by TAB, path first):
  *   PATH  type=T mode=OOOO uid=N gid=N ino=N mtime=S.NNNNNNNNN
@@ -36,6 +42,7 @@
 #include <sys/types.h>
 #include <sys/xattr.h>
 #include <termios.h>
+#include <time.h>
 #include <unistd.h>
 
 #define SAMPLE_THRESHOLD (64ULL << 20)
@@ -371,10 +378,87 @@ static void walk(char *path, size_t root_len)
 	closedir(d);
 }
 
+/* ---- benchmark helpers ---------------------------------------------------- */
+
+#define RANDREAD_BLOCK 4096
+
+static double monotonic_seconds(void)
+{
+	struct timespec ts;
+	clock_gettime(CLOCK_MONOTONIC, &ts);
+	return (double)ts.tv_sec + (double)ts.tv_nsec / 1e9;
+}
+
+/* Marsaglia xorshift64: cheap, and reproducible across runs so both daemons
+ * see the same offsets; the seed must not be 0 (a fixed point). */
+static uint64_t xorshift64(uint64_t *state)
+{
+	uint64_t x = *state;
+	x ^= x << 13;
+	x ^= x >> 7;
+	x ^= x << 17;
+	return *state = x;
+}
+
+static int randread(const char *path, const char *count_arg, const char *seed_arg)
+{
+	char *end;
+	unsigned long long count = strtoull(count_arg, &end, 10);
+	if (*end || !*count_arg)
+		return 2;
+	uint64_t state = strtoull(seed_arg, &end, 10);
+	if (*end || !*seed_arg)
+		return 2;
+	state = state ? state : 0x9e3779b97f4a7c15ULL;
+	int fd = open(path, O_RDONLY);
+	struct stat st;
+	if (fd < 0 || fstat(fd, &st) < 0) {
+		warn_errno("randread", path);
+		return 1;
+	}
+	uint64_t blocks = (uint64_t)st.st_size / RANDREAD_BLOCK;
+	if (blocks == 0) {
+		fprintf(stderr, "vmtool: randread %s: smaller than one block\n", path);
+		close(fd);
+		return 1;
+	}
+	static unsigned char buf[RANDREAD_BLOCK];
+	unsigned long long bytes = 0;
+	double start = monotonic_seconds();
+	for (unsigned long long i = 0; i < count; i++) {
+		off_t off = (off_t)(xorshift64(&state) % blocks) * RANDREAD_BLOCK;
+		ssize_t got = pread(fd, buf, sizeof buf, off);
+		if (got != (ssize_t)sizeof buf) {
+			/* a short read means a broken daemon: fail instead of timing it */
+			if (got >= 0)
+				errno = EIO;
+			warn_errno("randread", path);
+			close(fd);
+			return 1;
+		}
+		bytes += (unsigned long long)got;
+	}
+	double seconds = monotonic_seconds() - start;
+	close(fd);
+	printf("reads=%llu bytes=%llu seconds=%.9f\n", count, bytes, seconds);
+	return 0;
+}
+
 int main(int argc, char **argv)
 {
+	if (argc == 2 && !strcmp(argv[1], "now")) {
+		printf("%.9f\n", monotonic_seconds());
+		return fflush(stdout) != 0;
+	}
+	if (argc == 5 && !strcmp(argv[1], "randread")) {
+		int rc = randread(argv[2], argv[3], argv[4]);
+		if (rc == 2)
+			fprintf(stderr, "usage: vmtool randread FILE COUNT SEED\n");
+		return fflush(stdout) != 0 ? 1 : rc;
+	}
 	if (argc != 3) {
-		fprintf(stderr, "usage: vmtool xattrs|lstat|manifest|drain PATH\n");
+		fprintf(stderr, "usage: vmtool xattrs|lstat|manifest|drain PATH | now | "
+			"randread FILE COUNT SEED\n");
 		return 2;
 	}
 	const char *cmd = argv[1], *arg = argv[2];
