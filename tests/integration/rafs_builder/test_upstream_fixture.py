@@ -1,0 +1,56 @@
+"""Our blob next to one the upstream builder wrote from the same files.
+
+The `rafs-v6-zstd` fixture was built by nydus-image from two files. Rebuilding those files
+(zstd, blake3, 1 MiB chunks) must give a blob with the same sections, flags, meta header
+and digest array; only the zstd frames may differ, since they depend on the libzstd
+version, and every offset after them shifts by that difference.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from rafs import open_image
+from rafs.algorithms import Compressor
+from rafs.blobmeta import META_HEADER_SIZE, TocEntry, read_toc
+from rafs.builder import BuildOptions, build_from_directory
+from rafs.cli.blobs import BlobFiles
+from rafs.cli.unpack import unpack_to_directory
+
+FIXTURE = Path("/work/shared/fixtures/rafs-v6-zstd")
+pytestmark = pytest.mark.skipif(not FIXTURE.is_dir(), reason="shared fixtures not present")
+
+
+def test_rebuilt_fixture_blob_matches_upstream_layout(tmp_path: Path) -> None:
+    upstream_image = open_image(FIXTURE / "bootstrap")
+    with BlobFiles(upstream_image, FIXTURE / "blobs") as blobs:
+        unpack_to_directory(blobs, tmp_path / "src")
+    upstream = (FIXTURE / "blobs" / upstream_image.blobs[0].blob_id).read_bytes()
+    result = build_from_directory(tmp_path / "src", tmp_path / "bootstrap", tmp_path / "blobs",
+                                  BuildOptions(6, 1 << 20, Compressor.ZSTD))
+    assert result.new_blob is not None
+    ours = (tmp_path / "blobs" / result.new_blob.blob_id).read_bytes()
+    theirs_toc, our_toc = read_toc(upstream), read_toc(ours)
+    shift = our_toc[0].compressed_size - theirs_toc[0].compressed_size  # zstd output only
+    def shape(toc: list[TocEntry]) -> list[tuple[bytes, int, int, int]]:
+        return [(e.section_name, e.flags, e.compressed_size, e.uncompressed_size)
+                for e in toc[1:]]
+
+    assert shape(our_toc) == shape(theirs_toc)
+    assert [e.compressed_offset - shift for e in our_toc] == \
+        [e.compressed_offset for e in theirs_toc]
+    assert our_toc[0].uncompressed_size == theirs_toc[0].uncompressed_size
+    assert our_toc[3].digest == theirs_toc[3].digest  # the chunk digest arrays are equal
+    header = our_toc[2].compressed_offset
+    theirs_header = theirs_toc[2].compressed_offset
+    # Meta headers agree except for the offset field, shifted like everything else.
+    assert ours[header:header + 16] == upstream[theirs_header:theirs_header + 16]
+    assert ours[header + 24:header + META_HEADER_SIZE] == \
+        upstream[theirs_header + 24:theirs_header + META_HEADER_SIZE]
+    assert ours[-512:] == upstream[-512:]  # the ToC tar header
+    info, theirs_info = open_image(result.bootstrap).blobs[0], upstream_image.blobs[0]
+    assert (info.features, info.chunk_count, info.uncompressed_size, info.toc_size) == \
+        (theirs_info.features, theirs_info.chunk_count, theirs_info.uncompressed_size,
+         theirs_info.toc_size)
