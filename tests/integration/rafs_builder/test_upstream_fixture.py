@@ -1,9 +1,12 @@
-"""Our blob next to one the upstream builder wrote from the same files.
+"""Our output next to what the upstream builder wrote from the same files.
 
-The `rafs-v6-zstd` fixture was built by nydus-image from two files. Rebuilding those files
+v6: the `rafs-v6-zstd` fixture was built by nydus-image from two files. Rebuilding them
 (zstd, blake3, 1 MiB chunks) must give a blob with the same sections, flags, meta header
-and digest array; only the zstd frames may differ, since they depend on the libzstd
-version, and every offset after them shifts by that difference.
+and digest array; only the zstd frames may differ (they depend on the libzstd version),
+and every offset after them shifts by that difference.
+
+v5: rebuilding the `rafs-v5-sha256` tree (uncompressed, sha256) must give upstream's
+byte-identical blob and the same merkle root digest.
 """
 
 from __future__ import annotations
@@ -13,7 +16,7 @@ from pathlib import Path
 import pytest
 
 from rafs import open_image
-from rafs.algorithms import Compressor
+from rafs.algorithms import Compressor, Digester
 from rafs.blobmeta import META_HEADER_SIZE, TocEntry, read_toc
 from rafs.builder import BuildOptions, build_from_directory
 from rafs.cli.blobs import BlobFiles
@@ -54,3 +57,17 @@ def test_rebuilt_fixture_blob_matches_upstream_layout(tmp_path: Path) -> None:
     assert (info.features, info.chunk_count, info.uncompressed_size, info.toc_size) == \
         (theirs_info.features, theirs_info.chunk_count, theirs_info.uncompressed_size,
          theirs_info.toc_size)
+
+
+def test_rebuilt_v5_fixture_has_upstream_blob_id_and_merkle_root(tmp_path: Path) -> None:
+    fixture = FIXTURE.parent / "rafs-v5-sha256"
+    upstream = open_image(fixture / "bootstrap")
+    with BlobFiles(upstream, fixture / "blobs") as blobs:
+        unpack_to_directory(blobs, tmp_path / "src")
+    result = build_from_directory(tmp_path / "src", tmp_path / "bootstrap", tmp_path / "blobs",
+                                  BuildOptions(5, 1 << 20, Compressor.NONE, Digester.SHA256))
+    # Same chunks in the same order: the blob is byte-identical to upstream's.
+    assert [b.blob_id for b in result.blobs] == [b.blob_id for b in upstream.blobs]
+    ours = open_image(result.bootstrap)
+    assert ours.verify_inode_digests() == upstream.verify_inode_digests()
+    assert result.bootstrap.stat().st_size == (fixture / "bootstrap").stat().st_size
