@@ -12,6 +12,7 @@ time, while the chunker reads them.
 
 from __future__ import annotations
 
+import io
 import os
 import stat
 from collections.abc import Iterator
@@ -65,8 +66,6 @@ class BytesContent:
         return len(self.data)
 
     def open(self) -> BinaryIO:
-        import io
-
         return io.BytesIO(self.data)
 
 
