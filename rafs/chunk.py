@@ -99,9 +99,22 @@ def decode_chunk(ref: ChunkRef, raw: Buffer, compressor: Compressor, digester: D
                            f"{ref.uncompressed_size}")
     algorithm = compressor if ref.is_compressed else Compressor.NONE
     data = decompress(algorithm, raw, ref.uncompressed_size, where)
-    if verify and ref.digest is not None:
+    if verify:
+        verify_chunk(ref, data, digester)
+    return data
+
+
+def verify_chunk(ref: ChunkRef, data: bytes | memoryview, digester: Digester) -> None:
+    """Raise DigestMismatch unless `data` is the uncompressed content `ref` records.
+
+    Chunks whose digest the image does not record pass (there is nothing to check against).
+    """
+    where = f"chunk {ref.chunk_index} of blob {ref.blob_index} at offset {ref.compressed_offset}"
+    if len(memoryview(data)) != ref.uncompressed_size:
+        raise CorruptChunk(f"{where}: {len(memoryview(data))} bytes, "
+                           f"expected {ref.uncompressed_size}")
+    if ref.digest is not None:
         actual = digest(digester, data)
         if actual != ref.digest:
             raise DigestMismatch(f"{where}: {digester.name} digest {actual.hex()} != "
                                  f"recorded {ref.digest.hex()}")
-    return data

@@ -9,10 +9,9 @@ import pytest
 
 import rafs
 from rafs.plan import assemble, plan_reads
+from tests.support.fixtures import FIXTURES, V5_DIR, V6_DIR
 
-FIXTURES = Path("/work/shared/fixtures")
-V5_DIR = FIXTURES / "rafs-v5-sha256"
-V6_DIR = FIXTURES / "rafs-v6-zstd"
+__all__ = ["FIXTURES", "V5_DIR", "V6_DIR"]
 
 
 class Blobs:

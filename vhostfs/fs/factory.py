@@ -1,0 +1,62 @@
+"""Filesystems from nydusd-style descriptions: a RAFS bootstrap + storage config, or a directory.
+
+Used by the command line for the startup filesystem (`--bootstrap`, `--shared-dir`) and by
+the HTTP API for runtime mounts (`fs_type` "rafs" or "passthrough_fs"), so both accept the
+same inputs and fail the same way: a configuration or image problem raises an error whose
+message names what is wrong, before anything is attached.
+"""
+
+from __future__ import annotations
+
+import trio
+
+import rafs
+from backends.base import BlobBackend
+from backends.cache import CachedBackend, CacheSettings
+from backends.config import LocalFsConfig
+from backends.factory import build_storage
+from backends.localfs import LocalFsBackend
+from backends.nydusconfig import parse_config
+from vhostfs.fs.chunks import CachedChunks, ChunkSource, DirectChunks
+from vhostfs.fs.passthrough import PassthroughFilesystem
+from vhostfs.fs.rafsfs import RafsFilesystem
+from vhostfs.fuse.filesystem import Filesystem, ReadOnlyFilesystem
+
+
+def chunk_source(
+    storage: BlobBackend | CachedBackend, limiter: trio.CapacityLimiter
+) -> ChunkSource:
+    if isinstance(storage, CachedBackend):
+        return CachedChunks(storage)
+    return DirectChunks(storage, limiter)
+
+
+def open_rafs(
+    bootstrap: str,
+    *,
+    config: str | None = None,
+    localfs_dir: str | None = None,
+    limiter: trio.CapacityLimiter,
+) -> RafsFilesystem:
+    """A RAFS image with its storage: `config` is nydusd's JSON/TOML text, or `localfs_dir`
+    is nydusd's shortcut (blobs in that directory, blob cache in the same directory).
+
+    Raises RafsError for a bad bootstrap and backends' ConfigError for a bad configuration.
+    """
+    image = rafs.open_image(bootstrap)
+    if config is not None:
+        storage_config = parse_config(config)
+        storage = build_storage(storage_config, limiter)
+        enable_xattr = storage_config.rafs.enable_xattr
+    elif localfs_dir is not None:
+        backend = LocalFsBackend(LocalFsConfig(dir=localfs_dir), limiter)
+        storage = CachedBackend(backend, CacheSettings(work_dir=localfs_dir), limiter)
+        enable_xattr = True
+    else:
+        raise ValueError("a RAFS mount needs a storage configuration or a localfs directory")
+    return RafsFilesystem(image, chunk_source(storage, limiter), enable_xattr=enable_xattr)
+
+
+def open_passthrough(directory: str, *, cache: str = "auto", writable: bool = False) -> Filesystem:
+    fs = PassthroughFilesystem(directory, cache=cache)
+    return fs if writable else ReadOnlyFilesystem(fs)

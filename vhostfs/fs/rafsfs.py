@@ -1,0 +1,236 @@
+"""A RAFS image as a FUSE filesystem: metadata from the bootstrap, data through a ChunkSource.
+
+The image is immutable for as long as it is mounted, so everything the guest learns may be
+cached for as long as the mount lives (as nydusd does, with entry and attribute timeouts of
+2**32 seconds): entries, negative lookups, attributes, symlink targets and page-cache data.
+The filesystem itself keeps no per-inode state: node ids are the image's own inode numbers,
+so lookups and forgets cost nothing and no fd or object is held per inode the guest knows.
+
+Node ids: FUSE requires the root to be 1, while RAFS v6 numbers inodes by their position in
+the bootstrap (the root is often 128 or so). The image's root and image inode 1 swap numbers
+(an involution), every other inode keeps its own.
+
+Reads: the requested range becomes the chunk references that cover it (holes explicit), the
+chunks of each blob are fetched and verified together, and the pieces are copied into the
+guest's buffers. One copy is unavoidable: chunk data is compressed or lives in a cache file.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import stat
+from collections.abc import Iterator, Sequence
+
+from rafs import ChunkRef, Image, Inode
+from vhostfs.errors import FsError
+from vhostfs.fs.chunks import ChunkSource
+from vhostfs.fuse.filesystem import (
+    ROOT_INO,
+    Attr,
+    Context,
+    DirEntry,
+    Entry,
+    FileHandle,
+    Filesystem,
+    FsOptions,
+    Ino,
+    Opened,
+    StatFs,
+)
+
+# Seconds the guest may cache what it learns: "forever" (nydusd uses 2**32 s too).
+IMMUTABLE_TIMEOUT = float(2**32)
+BLOCK_SIZE = 4096
+NAME_MAX = 255
+NO_HANDLE = FileHandle(0)
+_WRITE_INTENT = os.O_WRONLY | os.O_RDWR | os.O_TRUNC | os.O_CREAT | os.O_APPEND
+
+
+class RafsFilesystem(Filesystem):
+    """Read-only view of one RAFS image (wrap nothing around it: it refuses writes itself)."""
+
+    def __init__(self, image: Image, chunks: ChunkSource, *, enable_xattr: bool = True) -> None:
+        self.image = image
+        self.chunks = chunks
+        self.enable_xattr = enable_xattr
+        self._root = int(image.root_ino)
+
+    # -- node ids ------------------------------------------------------------------------
+
+    def _image_ino(self, ino: Ino) -> int:
+        if ino == ROOT_INO:
+            return self._root
+        return ROOT_INO if ino == self._root else int(ino)
+
+    def _fuse_ino(self, image_ino: int) -> Ino:
+        if image_ino == self._root:
+            return ROOT_INO
+        return Ino(self._root) if image_ino == ROOT_INO else Ino(image_ino)
+
+    def _inode(self, ino: Ino) -> Inode:
+        return self.image.inode(self._image_ino(ino))
+
+    def _attr(self, inode: Inode) -> Attr:
+        return Attr(
+            ino=self._fuse_ino(inode.ino),
+            size=inode.size,
+            blocks=inode.blocks,
+            atime=inode.mtime,
+            mtime=inode.mtime,
+            ctime=inode.mtime,
+            atime_ns=inode.mtime_nsec,
+            mtime_ns=inode.mtime_nsec,
+            ctime_ns=inode.mtime_nsec,
+            mode=inode.mode,
+            nlink=inode.nlink,
+            uid=inode.uid,
+            gid=inode.gid,
+            rdev=inode.rdev,
+            blksize=BLOCK_SIZE,
+        )
+
+    def _entry(self, inode: Inode) -> Entry:
+        return Entry(
+            self._fuse_ino(inode.ino), self._attr(inode), IMMUTABLE_TIMEOUT, IMMUTABLE_TIMEOUT
+        )
+
+    # -- metadata ------------------------------------------------------------------------
+
+    async def init(self) -> FsOptions:
+        return FsOptions(readdirplus=True, cache_symlinks=True, export_support=False)
+
+    async def lookup(self, ctx: Context, parent: Ino, name: bytes) -> Entry:
+        found = self.image.lookup(self._image_ino(parent), name)
+        if found is None:
+            # A negative entry: the name will never appear in an immutable image.
+            zero = Attr(0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0)
+            return Entry(Ino(0), zero, IMMUTABLE_TIMEOUT, 0.0)
+        return self._entry(found)
+
+    async def getattr(self, ctx: Context, ino: Ino, fh: FileHandle | None) -> tuple[Attr, float]:
+        return self._attr(self._inode(ino)), IMMUTABLE_TIMEOUT
+
+    async def readlink(self, ctx: Context, ino: Ino) -> bytes:
+        return self.image.readlink(self._image_ino(ino))
+
+    async def getxattr(self, ctx: Context, ino: Ino, name: bytes) -> bytes:
+        if not self.enable_xattr:
+            raise FsError(errno.ENODATA)
+        value = self.image.getxattr(self._image_ino(ino), name)
+        if value is None:
+            raise FsError(errno.ENODATA)
+        return value
+
+    async def listxattr(self, ctx: Context, ino: Ino) -> list[bytes]:
+        if not self.enable_xattr:
+            return []
+        return self.image.listxattr(self._image_ino(ino))
+
+    async def access(self, ctx: Context, ino: Ino, mask: int) -> None:
+        self._inode(ino)  # permissions are checked by the guest (default_permissions)
+
+    async def statfs(self, ctx: Context, ino: Ino) -> StatFs:
+        blocks = sum(b.uncompressed_size or 0 for b in self.image.blobs) // BLOCK_SIZE
+        files = self.image.inode_count
+        return StatFs(blocks, 0, 0, files, 0, BLOCK_SIZE, NAME_MAX, BLOCK_SIZE)
+
+    # -- directories ---------------------------------------------------------------------
+
+    async def opendir(self, ctx: Context, ino: Ino, flags: int) -> Opened:
+        if not self._inode(ino).is_dir:
+            raise FsError(errno.ENOTDIR)
+        return Opened(NO_HANDLE, keep_cache=True, cache_dir=True)
+
+    async def readdir(
+        self, ctx: Context, ino: Ino, fh: FileHandle, offset: int
+    ) -> Iterator[DirEntry]:
+        entries = self.image.readdir(self._image_ino(ino), offset)
+        return (
+            DirEntry(self._fuse_ino(child.ino), name, stat.S_IFMT(child.mode) >> 12, next_index)
+            for next_index, name, child in entries
+        )
+
+    # -- files ---------------------------------------------------------------------------
+
+    async def open(self, ctx: Context, ino: Ino, flags: int) -> Opened:
+        inode = self._inode(ino)
+        if flags & _WRITE_INTENT:
+            raise FsError(errno.EROFS)
+        if inode.is_dir:
+            raise FsError(errno.EISDIR)
+        return Opened(NO_HANDLE, keep_cache=True)
+
+    async def read(
+        self, ctx: Context, ino: Ino, fh: FileHandle, offset: int, bufs: Sequence[memoryview]
+    ) -> int:
+        inode = self._inode(ino)
+        if not inode.is_reg:
+            raise FsError(errno.EINVAL)
+        size = min(sum(len(b) for b in bufs), max(inode.size - offset, 0))
+        if size <= 0:
+            return 0
+        refs = self.image.file_chunks(inode.ino, offset, size)
+        content = await self._fetch(refs)
+        sink = _Sink(bufs)
+        for ref in refs:
+            start = max(offset, ref.file_offset)
+            end = min(offset + size, ref.file_end)
+            if end <= start:
+                continue
+            if ref.is_hole:
+                sink.zeros(end - start)
+            else:
+                data = content[id(ref)]
+                sink.put(memoryview(data)[start - ref.file_offset : end - ref.file_offset])
+        return sink.filled
+
+    async def _fetch(self, refs: list[ChunkRef]) -> dict[int, bytes]:
+        """Verified content of every stored chunk in `refs`, keyed by id(ref)."""
+        by_blob: dict[int, list[ChunkRef]] = {}
+        for ref in refs:
+            if ref.blob_index is not None:
+                by_blob.setdefault(ref.blob_index, []).append(ref)
+        content: dict[int, bytes] = {}
+        for index, group in by_blob.items():
+            blob = self.image.blobs[index]
+            for ref, data in zip(group, await self.chunks.read_chunks(blob, group), strict=True):
+                content[id(ref)] = data
+        return content
+
+    async def destroy(self) -> None:
+        return None
+
+
+class _Sink:
+    """Sequential writer over the guest's buffers."""
+
+    def __init__(self, bufs: Sequence[memoryview]) -> None:
+        self._bufs = bufs
+        self._index = 0
+        self._offset = 0
+        self.filled = 0
+
+    def put(self, data: memoryview) -> None:
+        pos = 0
+        while pos < len(data):
+            buf = self._bufs[self._index]
+            n = min(len(buf) - self._offset, len(data) - pos)
+            buf[self._offset : self._offset + n] = data[pos : pos + n]
+            self._advance(n)
+            pos += n
+
+    def zeros(self, size: int) -> None:
+        while size:
+            buf = self._bufs[self._index]
+            n = min(len(buf) - self._offset, size)
+            buf[self._offset : self._offset + n] = bytes(n)
+            self._advance(n)
+            size -= n
+
+    def _advance(self, n: int) -> None:
+        self.filled += n
+        self._offset += n
+        if self._offset == len(self._bufs[self._index]):
+            self._index += 1
+            self._offset = 0
