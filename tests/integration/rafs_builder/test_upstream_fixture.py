@@ -21,8 +21,9 @@ from rafs.blobmeta import META_HEADER_SIZE, TocEntry, read_toc
 from rafs.builder import BuildOptions, build_from_directory
 from rafs.cli.blobs import BlobFiles
 from rafs.cli.unpack import unpack_to_directory
+from tests.support.fixtures import V5_DIR, V6_DIR
 
-FIXTURE = Path("/work/shared/fixtures/rafs-v6-zstd")
+FIXTURE = V6_DIR
 pytestmark = pytest.mark.skipif(not FIXTURE.is_dir(), reason="shared fixtures not present")
 
 
@@ -60,7 +61,7 @@ def test_rebuilt_fixture_blob_matches_upstream_layout(tmp_path: Path) -> None:
 
 
 def test_rebuilt_v5_fixture_has_upstream_blob_id_and_merkle_root(tmp_path: Path) -> None:
-    fixture = FIXTURE.parent / "rafs-v5-sha256"
+    fixture = V5_DIR
     upstream = open_image(fixture / "bootstrap")
     with BlobFiles(upstream, fixture / "blobs") as blobs:
         unpack_to_directory(blobs, tmp_path / "src")
