@@ -18,9 +18,12 @@ from typing import Final
 
 import trio
 
+from backends.errors import BackendError
+from rafs import RafsError
 from vhostfs import daemon
-from vhostfs.fs.passthrough import PassthroughFilesystem
-from vhostfs.fuse.filesystem import ReadOnlyFilesystem
+from vhostfs.errors import VhostfsError
+from vhostfs.fs.factory import open_passthrough, open_rafs
+from vhostfs.fs.pseudo import PseudoFilesystem
 from vhostfs.fuse.server import FuseServer
 from vhostfs.virtiofs import DEFAULT_WORKERS
 
@@ -39,7 +42,11 @@ CACHE_POLICIES: Final = ("none", "auto", "always")
 @dataclass(frozen=True, slots=True)
 class DaemonConfig:
     sock: str  # vhost-user socket path we listen on
-    shared_dir: str  # host directory exported read-only
+    shared_dir: str | None = None  # host directory exported read-only
+    bootstrap: str | None = None  # RAFS image metadata to serve
+    config: str | None = None  # nydusd storage configuration file for the RAFS image
+    localfs_dir: str | None = None  # nydusd's shortcut: blobs (and their cache) in this dir
+    virtual_mountpoint: str = "/"  # where the startup filesystem is attached
     log_level: str = "info"
     cache: str = "auto"  # guest caching of the shared directory (virtiofsd's cache=)
     workers: int = DEFAULT_WORKERS  # requests per queue that may wait at once
@@ -51,7 +58,13 @@ def build_parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", required=True)
     virtiofs = commands.add_parser("virtiofs", help="serve a vhost-user-fs device")
     virtiofs.add_argument("--sock", required=True, help="vhost-user socket to listen on")
-    virtiofs.add_argument("--shared-dir", required=True, help="host directory to export")
+    virtiofs.add_argument("--shared-dir", "-s", help="host directory to export (read-only)")
+    virtiofs.add_argument("--bootstrap", "-B", help="RAFS metadata file of the image to serve")
+    virtiofs.add_argument("--config", "-C", help="nydusd storage configuration (JSON or TOML)")
+    virtiofs.add_argument("--localfs-dir", "-D", help="blobs (and their cache) in this directory")
+    virtiofs.add_argument(
+        "--virtual-mountpoint", "-m", default="/", help="where the filesystem is attached"
+    )
     virtiofs.add_argument("--log-level", choices=sorted(LOG_LEVELS), default="info")
     virtiofs.add_argument(
         "--cache",
@@ -73,12 +86,21 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def parse_args(argv: Sequence[str]) -> DaemonConfig:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
     if args.workers < 1:
-        build_parser().error("--thread-pool-size must be at least 1")
+        parser.error("--thread-pool-size must be at least 1")
+    if args.shared_dir and args.bootstrap:
+        parser.error("--shared-dir and --bootstrap are mutually exclusive")
+    if args.bootstrap and bool(args.config) == bool(args.localfs_dir):
+        parser.error("--bootstrap needs exactly one of --config and --localfs-dir")
     return DaemonConfig(
         sock=args.sock,
         shared_dir=args.shared_dir,
+        bootstrap=args.bootstrap,
+        config=args.config,
+        localfs_dir=args.localfs_dir,
+        virtual_mountpoint=args.virtual_mountpoint,
         log_level=args.log_level,
         cache=args.cache,
         workers=args.workers,
@@ -86,12 +108,29 @@ def parse_args(argv: Sequence[str]) -> DaemonConfig:
     )
 
 
+async def startup_filesystem(config: DaemonConfig) -> PseudoFilesystem:
+    """The pseudo root with the filesystem the command line names attached to it."""
+    root = PseudoFilesystem()
+    if config.shared_dir:
+        fs = open_passthrough(config.shared_dir, cache=config.cache)
+        await root.attach(config.virtual_mountpoint, fs, "PassthroughFs")
+    elif config.bootstrap:
+        text = None
+        if config.config:
+            text = await trio.Path(config.config).read_text(encoding="utf-8")
+        limiter = trio.CapacityLimiter(DEFAULT_WORKERS)
+        image = open_rafs(
+            config.bootstrap, config=text, localfs_dir=config.localfs_dir, limiter=limiter
+        )
+        await root.attach(config.virtual_mountpoint, image, "Rafs")
+    return root
+
+
 async def run(config: DaemonConfig) -> None:
     """Serve until the frontend leaves or SIGTERM/SIGINT arrives."""
-    fs = ReadOnlyFilesystem(PassthroughFilesystem(config.shared_dir, cache=config.cache))
-    server = FuseServer(fs)
+    server = FuseServer(await startup_filesystem(config))
     listener = await daemon.listen_unix(config.sock)
-    log.info("listening on %s, exporting %s read-only", config.sock, config.shared_dir)
+    log.info("listening on %s", config.sock)
     with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
         async with trio.open_nursery() as nursery:
 
@@ -115,8 +154,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     try:
         trio.run(run, config)
-    except OSError as exc:
-        log.error("cannot serve: %s", exc)
+    except (OSError, VhostfsError, RafsError, BackendError) as exc:
+        log.error("Error: %s", exc)
         return 1
     return 0
 

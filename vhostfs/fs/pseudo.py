@@ -256,7 +256,7 @@ class PseudoFilesystem(Filesystem):
         self, ctx: Context, parent: Ino, name: bytes, new_parent: Ino, new_name: bytes, flags: int
     ) -> None:
         fs, index, inner = self._attached(parent)
-        new_fs, new_index, new_inner = self._attached(new_parent)
+        _, new_index, new_inner = self._attached(new_parent)
         if new_index != index:
             raise FsError(errno.EXDEV)
         await fs.rename(ctx, inner, name, new_inner, new_name, flags)
