@@ -7,6 +7,8 @@
   without holding an fd, so the passthrough filesystem can forget fds and reopen inodes on
   demand (needs CAP_DAC_READ_SEARCH and a filesystem that exports handles; the caller
   probes once and falls back when either is missing).
+* `renameat2` (flags), `utimensat` (UTIME_NOW / UTIME_OMIT), `fallocate` (mode) and `syncfs`,
+  which the os module lacks or exposes without those arguments.
 
 All functions raise OSError with the syscall's errno. They never block for long (metadata
 only) and keep no state but whether openat2 exists; the caller owns every fd returned.
@@ -56,20 +58,23 @@ def _raise(what: str) -> None:
 _openat2_works = True
 _RESOLVE: Final = RESOLVE_BENEATH | RESOLVE_NO_SYMLINKS | RESOLVE_NO_MAGICLINKS
 _HOW_SIZE: Final = ctypes.sizeof(_OpenHow)
-_hows: dict[int, _OpenHow] = {}  # one per flag combination (a handful), never mutated
+# One per (flags, mode) combination (a handful), never mutated.
+_hows: dict[tuple[int, int], _OpenHow] = {}
 
 
-def open_beneath(dirfd: int, name: bytes, flags: int) -> int:
+def open_beneath(dirfd: int, name: bytes, flags: int, mode: int = 0) -> int:
     """Open `name` (one component) under `dirfd` without following any symlink.
 
-    With O_PATH | O_NOFOLLOW a trailing symlink yields an fd for the link itself. Raises
-    OSError (ELOOP for a symlink without O_PATH, EXDEV/ENOENT for escapes).
+    With O_PATH | O_NOFOLLOW a trailing symlink yields an fd for the link itself; with
+    O_CREAT `mode` applies (less the process umask) and an existing symlink is ELOOP, never
+    followed. Raises OSError (ELOOP for a symlink without O_PATH, EXDEV/ENOENT for escapes).
     """
     global _openat2_works
     if _openat2_works:
-        how = _hows.get(flags)
+        how = _hows.get((flags, mode))
         if how is None:
-            how = _hows[flags] = _OpenHow(flags | os.O_NOFOLLOW | os.O_CLOEXEC, 0, _RESOLVE)
+            how = _hows[flags, mode] = _OpenHow(flags | os.O_NOFOLLOW | os.O_CLOEXEC, mode,
+                                                _RESOLVE)  # fmt: skip
         fd = _libc.syscall(SYS_OPENAT2, dirfd, name, ctypes.byref(how), _HOW_SIZE)
         if fd >= 0:
             return int(fd)
@@ -77,7 +82,7 @@ def open_beneath(dirfd: int, name: bytes, flags: int) -> int:
         if code not in (errno.ENOSYS, errno.EPERM):
             raise OSError(code, os.strerror(code), name)
         _openat2_works = False  # old kernel or a seccomp filter: openat is as safe here
-    return os.open(name, flags | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=dirfd)
+    return os.open(name, flags | os.O_NOFOLLOW | os.O_CLOEXEC, mode, dir_fd=dirfd)
 
 
 def name_to_handle(fd: int) -> tuple[bytes, int]:
@@ -97,3 +102,57 @@ def open_by_handle(mount_fd: int, handle: bytes, flags: int) -> int:
     if fd < 0:
         _raise("open_by_handle_at")
     return int(fd)
+
+
+RENAME_NOREPLACE: Final = 1 << 0  # linux/fs.h
+RENAME_EXCHANGE: Final = 1 << 1
+RENAME_WHITEOUT: Final = 1 << 2
+UTIME_NOW: Final = (1 << 30) - 1  # linux/stat.h
+UTIME_OMIT: Final = (1 << 30) - 2
+
+_renameat2 = _libc.renameat2
+_renameat2.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.c_int, ctypes.c_char_p,
+                       ctypes.c_uint]  # fmt: skip
+_utimensat = _libc.utimensat
+_utimensat.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.c_void_p, ctypes.c_int]
+_fallocate = _libc.fallocate64
+_fallocate.argtypes = [ctypes.c_int, ctypes.c_int, ctypes.c_int64, ctypes.c_int64]
+_syncfs = _libc.syncfs
+_syncfs.argtypes = [ctypes.c_int]
+
+
+class _Timespec(ctypes.Structure):
+    _fields_ = [("tv_sec", ctypes.c_long), ("tv_nsec", ctypes.c_long)]
+
+
+def renameat2(olddirfd: int, old: bytes, newdirfd: int, new: bytes, flags: int) -> None:
+    """rename(2) of single components relative to directory fds (O_PATH fds work)."""
+    if _renameat2(olddirfd, old, newdirfd, new, flags) != 0:
+        _raise("renameat2")
+
+
+def utimensat(path: bytes, atime_ns: int | None, mtime_ns: int | None, atime_now: bool,
+              mtime_now: bool) -> None:  # fmt: skip
+    """Set the times of `path` (following it); None leaves a time alone (UTIME_OMIT)."""
+    times = (_Timespec * 2)()
+    for slot, value, now in ((times[0], atime_ns, atime_now), (times[1], mtime_ns, mtime_now)):
+        if now:
+            slot.tv_sec, slot.tv_nsec = 0, UTIME_NOW
+        elif value is None:
+            slot.tv_sec, slot.tv_nsec = 0, UTIME_OMIT
+        else:
+            slot.tv_sec, slot.tv_nsec = divmod(value, 1_000_000_000)
+    if _utimensat(-100, path, times, 0) != 0:  # AT_FDCWD: `path` is absolute
+        _raise("utimensat")
+
+
+def fallocate(fd: int, mode: int, offset: int, length: int) -> None:
+    """fallocate(2) with its mode bits (KEEP_SIZE, PUNCH_HOLE, ZERO_RANGE...)."""
+    if _fallocate(fd, mode, offset, length) != 0:
+        _raise("fallocate")
+
+
+def syncfs(fd: int) -> None:
+    """Flush the filesystem `fd` is on (not an O_PATH fd)."""
+    if _syncfs(fd) != 0:
+        _raise("syncfs")

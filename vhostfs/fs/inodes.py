@@ -87,6 +87,17 @@ class InodeTable(Generic[K, V]):
         self._by_key[key] = ino
         return ino, value
 
+    def detach(self, key: K) -> None:
+        """The object behind `key` is gone (host inode deleted): `key` may name a new one.
+
+        The node itself stays until the guest forgets it (it may still have the file open),
+        but a later `ref` of the same key makes a new node instead of resurrecting this one,
+        which matters because host inode numbers are reused.
+        """
+        ino = self._by_key.get(key)
+        if ino is not None and ino != ROOT_INO:
+            del self._by_key[key]
+
     def forget(self, ino: Ino, nlookup: int) -> V | None:
         """Drop `nlookup` references; returns the value if the node left the table."""
         slot = self._slots.get(ino)

@@ -20,8 +20,8 @@ File handles are only ever made from inodes reached that way.
 
 Blocking: every syscall runs inline on the event loop (metadata calls take microseconds and
 reads usually hit the page cache); no method awaits, so requests are never interleaved
-mid-operation. Writes are not implemented yet: cli wraps this in ReadOnlyFilesystem, and
-the write operations will reuse `_new_entry` and the handle table.
+mid-operation. This class answers no write operation (ENOSYS); cli wraps it in
+ReadOnlyFilesystem. `passthrough_write.WritablePassthroughFilesystem` adds the writes.
 """
 
 from __future__ import annotations
@@ -56,7 +56,7 @@ from vhostfs.fuse.filesystem import (
 IOV_MAX: Final = 1024
 # Open flags a guest may not pass through: creation is a separate op, O_DIRECT needs
 # aligned buffers guest memory does not promise, O_NOFOLLOW is meaningless on a reopen.
-_STRIP_FLAGS: Final = os.O_CREAT | os.O_EXCL | os.O_NOCTTY | os.O_DIRECT | os.O_NOFOLLOW
+STRIP_FLAGS: Final = os.O_CREAT | os.O_EXCL | os.O_NOCTTY | os.O_DIRECT | os.O_NOFOLLOW
 
 
 class CachePolicy(enum.Enum):
@@ -88,7 +88,7 @@ class HostInode:
     node_id: Ino = ROOT_INO
 
 
-class _OpenFile:
+class OpenFile:
     __slots__ = ("fd", "node")
 
     def __init__(self, fd: int, node: HostInode) -> None:
@@ -124,9 +124,11 @@ class PassthroughFilesystem(Filesystem):
         *,
         fd_cache: int = 1024,
         file_handles: bool = True,
+        timeout: float | None = None,
     ) -> None:
         self.policy = CachePolicy(cache)
-        self.timeout = self.policy.timeout
+        # Entry/attr timeout in seconds; the policy's unless given (nydusd uses 5 s).
+        self.timeout = self.policy.timeout if timeout is None else timeout
         self.fd_cache_size = max(4, fd_cache)
         self.root_fd = os.open(root, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
         self._mount_fds: dict[int, int] = {}
@@ -135,7 +137,7 @@ class PassthroughFilesystem(Filesystem):
         self.use_handles = file_handles and self._init_handles(root_node)
         self.nodes: InodeTable[Key, HostInode] = InodeTable((st.st_dev, st.st_ino), root_node)
         self.root = root_node
-        self.handles: HandleTable[_OpenFile | DirStream] = HandleTable()
+        self.handles: HandleTable[OpenFile | DirStream] = HandleTable()
         self.fd_cache: OrderedDict[Ino, int] = OrderedDict()
 
     def _init_handles(self, root: HostInode) -> bool:
@@ -312,14 +314,16 @@ class PassthroughFilesystem(Filesystem):
         node = self._node(ino)
         if node.kind != stat.S_IFREG:
             raise FsError(errno.ELOOP if node.kind == stat.S_IFLNK else errno.EACCES)
-        fd = self._reopen(node, (flags & ~_STRIP_FLAGS) | os.O_CLOEXEC)
-        fh = self.handles.add(_OpenFile(fd, node))
+        fd = self._reopen(node, (flags & ~STRIP_FLAGS) | os.O_CLOEXEC)
+        return self._opened(self.handles.add(OpenFile(fd, node)))
+
+    def _opened(self, fh: FileHandle) -> Opened:
         return Opened(fh, direct_io=self.policy is CachePolicy.NONE,
                       keep_cache=self.policy is CachePolicy.ALWAYS)  # fmt: skip
 
-    def _file(self, fh: FileHandle) -> _OpenFile:
+    def _file(self, fh: FileHandle) -> OpenFile:
         item = self.handles.get(fh)
-        if not isinstance(item, _OpenFile):
+        if not isinstance(item, OpenFile):
             raise FsError(errno.EBADF)
         return item
 
@@ -329,7 +333,7 @@ class PassthroughFilesystem(Filesystem):
         wanted = sum(len(b) for b in bufs)
         done = 0
         while done < wanted:
-            views = _remaining(bufs, done)
+            views = remaining_views(bufs, done)
             count = os.preadv(fd, views[:IOV_MAX], offset + done)
             if count == 0:
                 break  # end of file
@@ -397,7 +401,7 @@ def _unreachable() -> HostInode:
     raise AssertionError("node exists")
 
 
-def _remaining(bufs: Sequence[memoryview], skip: int) -> list[memoryview]:
+def remaining_views(bufs: Sequence[memoryview], skip: int) -> list[memoryview]:
     """`bufs` without their first `skip` bytes."""
     if not skip:
         return list(bufs)
@@ -411,7 +415,7 @@ def _remaining(bufs: Sequence[memoryview], skip: int) -> list[memoryview]:
     return out
 
 
-def _close(item: _OpenFile | DirStream) -> None:
+def _close(item: OpenFile | DirStream) -> None:
     if isinstance(item, DirStream):
         item.close()
     else:

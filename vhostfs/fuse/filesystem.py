@@ -257,6 +257,11 @@ class Filesystem:
         data: Sequence[memoryview],
         flags: int,
     ) -> int:
+        """Write `data` in order at `offset`; return the count written.
+
+        `flags` are fuse_write_in.write_flags (abi.WRITE_CACHE, WRITE_LOCKOWNER,
+        WRITE_KILL_SUIDGID), not the open flags, which the handle already knows.
+        """
         raise not_supported()
 
     async def flush(self, ctx: Context, ino: Ino, fh: FileHandle, lock_owner: int) -> None:

@@ -197,11 +197,11 @@ class Operations:
 
     async def write(self, unique: int, nodeid: int, ctx: Context,
                     reader: ChainReader, writer: ChainWriter) -> int:  # fmt: skip
-        fh, offset, size, _, _, flags, _ = _WRITE_IN.unpack(reader.read(40))
+        fh, offset, size, write_flags, _, _, _ = _WRITE_IN.unpack(reader.read(40))
         if size != reader.remaining:
             raise BadRequest(f"WRITE of {size} bytes with {reader.remaining} present")
         data = reader.views(size)
-        count = await self.fs.write(ctx, _ino(nodeid), _fh(fh), offset, data, flags)
+        count = await self.fs.write(ctx, _ino(nodeid), _fh(fh), offset, data, write_flags)
         return replies.record(writer, unique, abi.WriteOut(count, 0))
 
     async def flush(self, unique: int, nodeid: int, ctx: Context,
