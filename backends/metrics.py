@@ -91,6 +91,9 @@ class CacheMetrics:
     prefetch_requests_count: int = 0
     prefetch_workers: int = 0
     prefetch_unmerged_chunks: int = 0
+    prefetch_cumulative_time_millis: float = 0.0
+    prefetch_begin_time: float = 0.0  # seconds since the epoch; 0 = never started
+    prefetch_end_time: float = 0.0  # seconds since the epoch; 0 = not finished
     buffered_backend_size: int = 0
     data_all_ready: bool = False
 
@@ -106,6 +109,11 @@ class CacheMetrics:
             "prefetch_requests_count": self.prefetch_requests_count,
             "prefetch_workers": self.prefetch_workers,
             "prefetch_unmerged_chunks": self.prefetch_unmerged_chunks,
+            "prefetch_cumulative_time_millis": int(self.prefetch_cumulative_time_millis),
+            "prefetch_begin_time_secs": int(self.prefetch_begin_time),
+            "prefetch_begin_time_millis": int(self.prefetch_begin_time * 1000) % 1000,
+            "prefetch_end_time_secs": int(self.prefetch_end_time),
+            "prefetch_end_time_millis": int(self.prefetch_end_time * 1000) % 1000,
             "buffered_backend_size": self.buffered_backend_size,
             "data_all_ready": self.data_all_ready,
         }

@@ -15,6 +15,7 @@ What to prefetch is the caller's decision (RAFS resolves the bootstrap prefetch 
 
 from __future__ import annotations
 
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Final
@@ -74,6 +75,18 @@ class Prefetcher:
     async def prefetch(self, blob: CachedBlob, chunks: Sequence[ChunkSpec],
                        codec: ChunkCodec) -> None:
         """Bring `chunks` into the cache; returns when all runs were tried."""
+        metrics = self._cache.metrics
+        started = time.time()
+        if not metrics.prefetch_begin_time:
+            metrics.prefetch_begin_time = started
+        try:
+            await self._prefetch(blob, chunks, codec)
+        finally:
+            metrics.prefetch_end_time = time.time()
+            metrics.prefetch_cumulative_time_millis += (metrics.prefetch_end_time - started) * 1e3
+
+    async def _prefetch(self, blob: CachedBlob, chunks: Sequence[ChunkSpec],
+                        codec: ChunkCodec) -> None:
         missing = blob.missing(chunks)
         runs = rangemap.merge_runs(missing, [c.compressed_offset for c in missing],
                                    [c.compressed_end for c in missing], max_gap=0,

@@ -183,16 +183,26 @@ def find_entry(entries: list[TocEntry], name: bytes) -> TocEntry | None:
 def read_section(blob: Buffer, entry: TocEntry, verify: bool = True) -> bytes:
     """The uncompressed content of a ToC section, checked against its sha256."""
     view = memoryview(blob).cast("B")
+    end = entry.compressed_offset + entry.compressed_size
+    if end > len(view) and entry.section_name != TOC_ENTRY_DATA:
+        raise FormatError(f"ToC section {entry.section_name!r}: bytes "
+                          f"{entry.compressed_offset}..{end} of {len(view)}")
+    return decode_section(entry, view[entry.compressed_offset:end], verify)  # refuses data
+
+
+def decode_section(entry: TocEntry, raw: Buffer, verify: bool = True) -> bytes:
+    """The uncompressed content of a ToC section from its stored bytes (read by the caller,
+    e.g. as one range request), checked against the entry's sha256."""
     where = f"ToC section {entry.section_name!r}"
     if entry.section_name == TOC_ENTRY_DATA:
         raise InvalidArgument(f"{where}: chunk data is not one stream; see check_data_section")
-    end = entry.compressed_offset + entry.compressed_size
-    if end > len(view) or entry.uncompressed_size > MAX_SECTION_SIZE:
-        raise FormatError(f"{where}: bytes {entry.compressed_offset}..{end} of {len(view)}")
+    if len(memoryview(raw)) != entry.compressed_size or \
+            entry.uncompressed_size > MAX_SECTION_SIZE:
+        raise FormatError(f"{where}: {len(memoryview(raw))} stored bytes, entry says "
+                          f"{entry.compressed_size} ({entry.uncompressed_size} uncompressed)")
     compressor = _TOC_COMPRESSORS.get(entry.flags)
     if compressor is None:
         raise Unsupported(f"{where}: compression flags {entry.flags:#x}")
-    raw = view[entry.compressed_offset:end]
     if entry.uncompressed_size == 0:
         data = b""
     else:

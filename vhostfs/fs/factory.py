@@ -8,6 +8,8 @@ message names what is wrong, before anything is attached.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import trio
 
 import rafs
@@ -17,17 +19,21 @@ from backends.config import LocalFsConfig
 from backends.factory import build_storage
 from backends.localfs import LocalFsBackend
 from backends.nydusconfig import parse_config
+from backends.prefetch import PrefetchSettings
 from vhostfs.fs.chunks import CachedChunks, ChunkSource, DirectChunks
 from vhostfs.fs.passthrough import PassthroughFilesystem
 from vhostfs.fs.rafsfs import RafsFilesystem
+from vhostfs.fs.rafsprefetch import PrefetchPlan
 from vhostfs.fuse.filesystem import Filesystem, ReadOnlyFilesystem
 
 
 def chunk_source(
-    storage: BlobBackend | CachedBackend, limiter: trio.CapacityLimiter
+    storage: BlobBackend | CachedBackend,
+    limiter: trio.CapacityLimiter,
+    prefetch: PrefetchSettings = PrefetchSettings(),  # noqa: B008 - frozen
 ) -> ChunkSource:
     if isinstance(storage, CachedBackend):
-        return CachedChunks(storage)
+        return CachedChunks(storage, prefetch)
     return DirectChunks(storage, limiter)
 
 
@@ -37,24 +43,36 @@ def open_rafs(
     config: str | None = None,
     localfs_dir: str | None = None,
     limiter: trio.CapacityLimiter,
+    prefetch_files: Sequence[str] = (),
 ) -> RafsFilesystem:
     """A RAFS image with its storage: `config` is nydusd's JSON/TOML text, or `localfs_dir`
     is nydusd's shortcut (blobs in that directory, blob cache in the same directory).
 
-    Raises RafsError for a bad bootstrap and backends' ConfigError for a bad configuration.
+    `prefetch_files` (absolute paths inside the image) replaces the bootstrap's prefetch
+    table when the configuration enables prefetch; the caller starts the prefetch with
+    `await fs.prefetch()` in its nursery once the filesystem is attached.
+
+    Raises RafsError for a bad bootstrap, backends' ConfigError for a bad configuration and
+    ValueError for a relative prefetch path.
     """
+    files = tuple(prefetch_files)
+    PrefetchPlan(files=files)  # refuse relative paths before anything is opened
     image = rafs.open_image(bootstrap)
+    settings = PrefetchSettings()
     if config is not None:
         storage_config = parse_config(config)
         storage = build_storage(storage_config, limiter)
         enable_xattr = storage_config.rafs.enable_xattr
+        settings = storage_config.rafs.prefetch
     elif localfs_dir is not None:
         backend = LocalFsBackend(LocalFsConfig(dir=localfs_dir), limiter)
         storage = CachedBackend(backend, CacheSettings(work_dir=localfs_dir), limiter)
         enable_xattr = True
     else:
         raise ValueError("a RAFS mount needs a storage configuration or a localfs directory")
-    return RafsFilesystem(image, chunk_source(storage, limiter), enable_xattr=enable_xattr)
+    plan = PrefetchPlan(enable=settings.enable, files=files, prefetch_all=settings.prefetch_all)
+    return RafsFilesystem(image, chunk_source(storage, limiter, settings),
+                          enable_xattr=enable_xattr, prefetch=plan)
 
 
 def open_passthrough(directory: str, *, cache: str = "auto", writable: bool = False) -> Filesystem:

@@ -13,18 +13,32 @@ the bootstrap (the root is often 128 or so). The image's root and image inode 1 
 Reads: the requested range becomes the chunk references that cover it (holes explicit), the
 chunks of each blob are fetched and verified together, and the pieces are copied into the
 guest's buffers. One copy is unavoidable: chunk data is compressed or lives in a cache file.
+
+Verification: every stored chunk that reaches the guest is checked against a digest. v6
+images may keep digests out of the bootstrap (in the blob's digest array, §5.3) or leave
+chunks out of its chunk table (only in the blob meta, §5.2): such blobs get their blob meta
+fetched and attached on first use; a chunk that still has no digest is refused (EIO).
+
+Prefetch (`prefetch`, see rafsprefetch) runs in the daemon's nursery after attaching; it
+fetches through the same cache, behind the guest's own reads.
 """
 
 from __future__ import annotations
 
 import errno
+import logging
 import os
 import stat
-from collections.abc import Iterator, Sequence
+import time
+from collections.abc import Iterable, Iterator, Sequence
 
-from rafs import ChunkRef, Image, Inode
+import trio
+
+from backends.errors import BackendError
+from rafs import ChunkRef, Image, Inode, RafsError, Unsupported
 from vhostfs.errors import FsError
-from vhostfs.fs.chunks import ChunkSource
+from vhostfs.fs.chunks import ChunkSource, fetch_blob_meta
+from vhostfs.fs.rafsprefetch import PrefetchPlan, prefetch_roots, regular_files, unique_inos
 from vhostfs.fuse.filesystem import (
     ROOT_INO,
     Attr,
@@ -45,16 +59,24 @@ BLOCK_SIZE = 4096
 NAME_MAX = 255
 NO_HANDLE = FileHandle(0)
 _WRITE_INTENT = os.O_WRONLY | os.O_RDWR | os.O_TRUNC | os.O_CREAT | os.O_APPEND
+_WALK_BATCH = 64  # files resolved to chunks between checkpoints while planning a prefetch
+
+log = logging.getLogger(__name__)
 
 
 class RafsFilesystem(Filesystem):
     """Read-only view of one RAFS image (wrap nothing around it: it refuses writes itself)."""
 
-    def __init__(self, image: Image, chunks: ChunkSource, *, enable_xattr: bool = True) -> None:
+    def __init__(self, image: Image, chunks: ChunkSource, *, enable_xattr: bool = True,
+                 prefetch: PrefetchPlan = PrefetchPlan()) -> None:  # noqa: B008 - frozen
         self.image = image
         self.chunks = chunks
         self.enable_xattr = enable_xattr
+        self.prefetch_plan = prefetch
         self._root = int(image.root_ino)
+        self._meta_attached: set[int] = set()  # blob indexes resolved through their blob meta
+        self._meta_lock = trio.Lock()
+        self.prefetch_done = trio.Event()  # set when `prefetch` returns (also if disabled)
 
     # -- node ids ------------------------------------------------------------------------
 
@@ -170,8 +192,13 @@ class RafsFilesystem(Filesystem):
         size = min(sum(len(b) for b in bufs), max(inode.size - offset, 0))
         if size <= 0:
             return 0
-        refs = self.image.file_chunks(inode.ino, offset, size)
-        content = await self._fetch(refs)
+        try:
+            refs = await self._file_chunks(inode.ino, offset, size)
+            content = await self._fetch(refs)
+        except (BackendError, RafsError, FsError) as exc:
+            # The FUSE server turns these into errno without logging: say here what failed.
+            log.error("read of inode %d [%d, +%d) failed: %s", inode.ino, offset, size, exc)
+            raise
         sink = _Sink(bufs)
         for ref in refs:
             start = max(offset, ref.file_offset)
@@ -197,6 +224,86 @@ class RafsFilesystem(Filesystem):
             for ref, data in zip(group, await self.chunks.read_chunks(blob, group), strict=True):
                 content[id(ref)] = data
         return content
+
+    async def _file_chunks(self, ino: int, offset: int, size: int) -> list[ChunkRef]:
+        """`Image.file_chunks`, with every stored chunk carrying a digest (see module doc)."""
+        try:
+            refs = self.image.file_chunks(ino, offset, size)
+        except Unsupported:
+            # Chunks missing from the bootstrap's chunk table: resolve through blob meta.
+            if not await self._attach_meta(range(len(self.image.blobs))):
+                raise
+            refs = self.image.file_chunks(ino, offset, size)
+        lacking = {r.blob_index for r in refs if r.blob_index is not None and r.digest is None}
+        if lacking and await self._attach_meta(lacking):
+            refs = self.image.file_chunks(ino, offset, size)
+        for ref in refs:
+            if ref.blob_index is not None and ref.digest is None:
+                blob = self.image.blobs[ref.blob_index]
+                raise FsError(errno.EIO, f"blob {blob.blob_id} chunk {ref.chunk_index}: no "
+                              "digest in the bootstrap or the blob; refusing unverified data")
+        return refs
+
+    async def _attach_meta(self, indexes: Iterable[int]) -> bool:
+        """Attach the blob meta of blobs in `indexes` not yet attached; True if any was."""
+        attached = False
+        async with self._meta_lock:
+            for index in sorted(indexes):
+                blob = self.image.blobs[index]
+                if index in self._meta_attached or blob.meta is None:
+                    continue
+                meta = await fetch_blob_meta(self.chunks.backend, blob)
+                self.image.attach_blob_meta(meta)
+                self._meta_attached.add(index)
+                attached = True
+        return attached
+
+    # -- prefetch and metrics ------------------------------------------------------------
+
+    async def prefetch(self) -> None:
+        """Run the configured prefetch to completion (nydusd-interface §4.6).
+
+        Best effort: a file that cannot be planned or a failed backend request is logged and
+        skipped; chunks that did arrive are cached. Guest reads go first (the Prefetcher
+        waits while any is fetching). Cancellation stops it; cached chunks stay valid (a
+        chunk's bit is set only after its bytes are durable), so a restart resumes.
+        """
+        try:
+            roots, whole = prefetch_roots(self.image, self.prefetch_plan)
+            started = time.monotonic()
+            if roots:
+                await self._prefetch_files(roots)
+            if whole:
+                await self._prefetch_files([self.image.inode(self.image.root_ino)])
+            if roots or whole:
+                log.info("prefetch finished in %.2f s", time.monotonic() - started)
+        finally:
+            self.prefetch_done.set()
+
+    async def _prefetch_files(self, roots: list[Inode]) -> None:
+        by_blob: dict[int, dict[int, ChunkRef]] = {}
+        for n, ino in enumerate(unique_inos(regular_files(self.image, roots))):
+            if n % _WALK_BATCH == 0:
+                await trio.lowlevel.checkpoint()
+            try:
+                refs = await self._file_chunks(ino, 0, self.image.inode(ino).size)
+            except (BackendError, RafsError, FsError) as exc:
+                log.warning("prefetch: inode %d skipped: %s", ino, exc)
+                continue
+            for ref in refs:
+                if ref.blob_index is not None:
+                    by_blob.setdefault(ref.blob_index, {}).setdefault(ref.chunk_index, ref)
+        for index, chunks in sorted(by_blob.items()):
+            try:
+                await self.chunks.prefetch(self.image.blobs[index], list(chunks.values()))
+            except (BackendError, RafsError) as exc:
+                log.warning("prefetch of blob %s failed: %s", self.image.blobs[index].blob_id,
+                            exc)
+
+    def metrics(self) -> dict[str, dict[str, object]]:
+        """nydusd's /api/v1/metrics/backend and /blobcache bodies (§7.4) for this mount:
+        {"backend": {...}, "blobcache": {...}}; "blobcache" is absent without a cache."""
+        return self.chunks.metrics()
 
     async def destroy(self) -> None:
         return None
