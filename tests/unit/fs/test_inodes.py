@@ -49,3 +49,16 @@ def test_handles() -> None:
     assert handles.clear() == ["y"] and len(handles) == 0
     with pytest.raises(FsError):
         handles.get(FileHandle(99))
+
+
+def test_detach_lets_a_reused_key_make_a_new_node() -> None:
+    table: InodeTable[str, str] = InodeTable("root", "R")
+    old, _ = table.ref("k", lambda: "old")
+    table.detach("k")
+    assert table.find("k") is None and table.get(old) == "old"  # still held by the guest
+    new, value = table.ref("k", lambda: "new")
+    assert new != old and value == "new"
+    assert table.forget(old, 1) == "old"
+    assert table.find("k") == new  # forgetting the detached node leaves the new one
+    table.detach("root")
+    assert table.find("root") == ROOT_INO
