@@ -19,8 +19,13 @@ Design:
 * Acceleration: KVM is probed once per process by booting a trivial guest under a short
   deadline (guests hang under KVM on some hosts); otherwise TCG.  ``VHOSTFS_ACCEL=tcg|kvm``
   skips the probe.
+* Extra drives (``extra_drives``): host files attached as read-only raw virtio-blk disks with
+  serial ``vhostfs-extra<i>``; the guest finds them with :func:`extra_drives_script` (e.g. a
+  RAFS v6 bootstrap and its blob, for the kernel's own EROFS driver).  QEMU exposes whole
+  512-byte sectors only, so :func:`pad_to_block` a copy of a file whose size is not aligned.
 * Daemons: :func:`start_daemon` runs any daemon command (the C virtiofsd or ours) and waits for
-  its socket; :func:`virtiofsd_command` builds the C virtiofsd command line QEMU 7.2 ships.
+  its socket; :func:`virtiofsd_command` builds the C virtiofsd command line QEMU 7.2 ships,
+  :func:`vhostfs_command` / :func:`vhostfs_rafs_command` ours (a directory / a RAFS image).
 
 Inside the guest the script runs as ``sh -e`` (busybox ash) with ``$BOOT``, ``$BOOTS`` and
 ``$SCRATCH`` (the scratch disk device, if any) set, virtiofs/fuse/erofs/overlay/virtio_blk loaded,
@@ -54,6 +59,8 @@ VIRTIOFSD_C: Final = "/usr/lib/qemu/virtiofsd"
 MAX_SOCKET_PATH: Final = 107
 KVM_PROBE_TIMEOUT: Final = 5.0  # a working KVM boot takes ~1 s; a hung one never gets to /init
 SCRATCH_DEFAULT_MIB: Final = 64
+SECTOR: Final = 512  # virtio-blk capacity is counted in 512-byte sectors
+EXTRA_SERIAL: Final = "vhostfs-extra"  # + index; virtio-blk serials hold at most 20 bytes
 CONSOLE_TAIL: Final = 12000  # characters of console log quoted in failure messages
 
 
@@ -171,6 +178,7 @@ class Guest:
     boots: int = 1
     accel: str | None = None  # None = accelerator()
     extra_cmdline: str = ""
+    extra_drives: tuple[Path, ...] = ()  # read-only raw virtio-blk disks, see extra_drives_script
 
     def qemu_argv(self, image: initramfs.GuestImage, initrd: Path, workdir: Path,
                   accel: str) -> list[str]:
@@ -208,6 +216,11 @@ class Guest:
                     "-drive", f"file={disk},if=none,format=raw,id={name},cache=unsafe",
                     "-device", f"virtio-blk-pci,drive={name},serial=vhostfs-{name}",
                 ]
+        for i, path in enumerate(self.extra_drives):
+            argv += [
+                "-drive", f"file={_qemu_path(path)},if=none,format=raw,id=extra{i},readonly=on",
+                "-device", f"virtio-blk-pci,drive=extra{i},serial={EXTRA_SERIAL}{i}",
+            ]
         return argv
 
     def run(self, script: str, *, timeout: float = 60.0, workdir: Path | None = None,
@@ -252,6 +265,12 @@ class Guest:
                 raise GuestError(f"no daemon socket at {path} (start the daemon first)")
             if not 0 < len(dev.tag.encode()) <= 36 or "," in dev.tag:
                 raise ValueError(f"bad virtio-fs tag {dev.tag!r}")
+        for drive in self.extra_drives:
+            # QEMU sizes a raw disk in whole sectors: don't let a partial tail go unnoticed
+            size = drive.stat().st_size
+            if size == 0 or size % SECTOR:
+                raise GuestError(f"extra drive {drive} is {size} bytes, not a non-zero multiple"
+                                 f" of {SECTOR} (use pad_to_block on a copy)")
 
     def _run_in(self, script: str, image: initramfs.GuestImage, accel: str, workdir: Path,
                 timeout: float, diagnostics: Sequence[Path]) -> GuestResult:
@@ -312,16 +331,48 @@ def run_guest(
     extra_cmdline: str = "",
     workdir: Path | None = None,
     diagnostics: Sequence[Path] = (),
+    extra_drives: Sequence[Path] = (),
 ) -> GuestResult:
     """Boot a guest with ``fs_devices``, run ``script``, return its result (see :class:`Guest`).
 
     ``scratch_disk``: True for a 64 MiB zeroed disk, an int for that many MiB; the guest finds it
     at ``$SCRATCH``.  ``boots`` > 1 selects reboot mode (``$BOOT`` = 1, 2, ...).
+    ``extra_drives``: files attached read-only as virtio-blk disks, in order; start the script
+    with :func:`extra_drives_script` to get their devices as ``$EXTRA0``, ``$EXTRA1``, ...
     """
     scratch = SCRATCH_DEFAULT_MIB if scratch_disk is True else int(scratch_disk)
     guest = Guest(fs_devices=tuple(fs_devices), memory_mib=memory_mib, scratch_disk_mib=scratch,
-                  boots=boots, accel=accel, extra_cmdline=extra_cmdline)
+                  boots=boots, accel=accel, extra_cmdline=extra_cmdline,
+                  extra_drives=tuple(Path(p) for p in extra_drives))
     return guest.run(script, timeout=timeout, workdir=workdir, diagnostics=diagnostics)
+
+
+def extra_drives_script(count: int) -> str:
+    """Guest shell lines setting ``EXTRA<i>=/dev/vdX`` for the first ``count`` extra drives.
+
+    Disks are matched by serial, not probe order; the lines fail the script if one is missing.
+    """
+    lines = ["for dev in /sys/block/vd*; do",
+             "  [ -e \"$dev/serial\" ] || continue",
+             "  case \"$(cat \"$dev/serial\")\" in"]
+    lines += [f"  {EXTRA_SERIAL}{i}) EXTRA{i}=/dev/${{dev##*/}} ;;" for i in range(count)]
+    lines += ["  esac", "done"]
+    lines += [f"[ -n \"$EXTRA{i}\" ] || {{ echo 'no extra drive {i}' >&2; exit 1; }}"
+              for i in range(count)]
+    return "\n".join(lines) + "\n"
+
+
+def pad_to_block(source: Path, dest: Path, block: int = 4096) -> Path:
+    """Copy ``source`` to ``dest`` zero-padded to a multiple of ``block`` bytes; returns dest.
+
+    For :attr:`Guest.extra_drives`: QEMU sizes a raw disk in whole 512-byte sectors, and EROFS
+    addresses a device in 4 KiB blocks, so the default pads to a whole block.
+    """
+    shutil.copyfile(source, dest)
+    size = dest.stat().st_size
+    with dest.open("r+b") as f:
+        f.truncate(-(-size // block) * block if size else block)
+    return dest
 
 
 # ---- daemons -------------------------------------------------------------------------------
@@ -342,6 +393,13 @@ def vhostfs_command(socket_path: Path | str, shared_dir: Path | str, *,
     """Our daemon (this checkout, run by the current interpreter) serving ``shared_dir``."""
     return [sys.executable, "-m", "vhostfs", "virtiofs", "--sock", str(socket_path),
             "--shared-dir", str(shared_dir), "--cache", cache]
+
+
+def vhostfs_rafs_command(socket_path: Path | str, bootstrap: Path | str,
+                         blob_dir: Path | str) -> list[str]:
+    """Our daemon serving the RAFS image ``bootstrap`` with its blobs in ``blob_dir``."""
+    return [sys.executable, "-m", "vhostfs", "virtiofs", "--sock", str(socket_path),
+            "--bootstrap", str(bootstrap), "--localfs-dir", str(blob_dir)]
 
 
 @dataclasses.dataclass(slots=True)
@@ -413,6 +471,11 @@ def guest_image() -> initramfs.GuestImage:
         return initramfs.build_base_image()
     except initramfs.SetupError as e:
         raise GuestError(str(e)) from e
+
+
+def _qemu_path(path: Path) -> str:
+    # QEMU's -drive option parser splits on commas; a doubled comma is a literal one
+    return str(path).replace(",", ",,")
 
 
 def _make_disk(path: Path, mib: int) -> None:
