@@ -79,10 +79,24 @@ def open_beneath(dirfd: int, name: bytes, flags: int, mode: int = 0) -> int:
         if fd >= 0:
             return int(fd)
         code = ctypes.get_errno()
+        # EPERM is also an ordinary answer (an immutable file opened for writing, a caller
+        # switched to another fsuid): only give up on openat2 if it fails where it cannot.
+        if code == errno.EPERM and _openat2_probe() == 0:
+            raise OSError(code, os.strerror(code), name)
         if code not in (errno.ENOSYS, errno.EPERM):
             raise OSError(code, os.strerror(code), name)
         _openat2_works = False  # old kernel or a seccomp filter: openat is as safe here
     return os.open(name, flags | os.O_NOFOLLOW | os.O_CLOEXEC, mode, dir_fd=dirfd)
+
+
+def _openat2_probe() -> int:
+    """0 if openat2 works at all (an O_PATH open of "/"), else its errno."""
+    how = _OpenHow(os.O_PATH | os.O_CLOEXEC, 0, 0)
+    fd = _libc.syscall(SYS_OPENAT2, -100, b"/", ctypes.byref(how), _HOW_SIZE)
+    if fd < 0:
+        return ctypes.get_errno()
+    os.close(fd)
+    return 0
 
 
 def name_to_handle(fd: int) -> tuple[bytes, int]:

@@ -5,6 +5,7 @@ the daemon does."""
 from __future__ import annotations
 
 import errno
+import fcntl
 import os
 import stat
 from collections.abc import Iterator
@@ -415,3 +416,30 @@ def test_caller_restores_ids_and_umask_on_error() -> None:
         assert os.umask(0o022) == 0o022
     finally:
         os.umask(old)
+
+
+def set_immutable(path: Path, on: bool) -> None:
+    fs_ioc_getflags, fs_ioc_setflags, fs_immutable_fl = 0x80086601, 0x40086602, 0x10
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        flags = bytearray(4)
+        fcntl.ioctl(fd, fs_ioc_getflags, flags)
+        value = int.from_bytes(flags, "little")
+        value = value | fs_immutable_fl if on else value & ~fs_immutable_fl
+        fcntl.ioctl(fd, fs_ioc_setflags, value.to_bytes(4, "little"))
+    finally:
+        os.close(fd)
+
+
+async def test_eperm_from_the_host_keeps_openat2(
+    fs: WritablePassthroughFilesystem, tree: Path
+) -> None:
+    set_immutable(tree / "file", True)
+    try:
+        with pytest.raises(FAILED) as info:
+            await create(fs, ROOT_INO, b"file", flags=os.O_CREAT | os.O_WRONLY)
+        assert info.value.errno == errno.EPERM
+        assert hostfd._openat2_works  # an ordinary EPERM, not a missing syscall
+    finally:
+        set_immutable(tree / "file", False)
+    assert (tree / "file").read_bytes() == b"hello world"
