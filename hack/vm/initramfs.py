@@ -6,6 +6,8 @@ plus an initramfs made of:
 * ``/bin/busybox`` (busybox-static) and one symlink per applet in ``/bin``;
 * ``/bin/vmtool``, our static C helper (``guest/vmtool.c``: xattrs with hex values, lstat
   records, the tree manifest, tty drain), compiled here with ``gcc -static``;
+* ``/bin/posixfs``, the POSIX file-system conformance suite (``guest/posixfs/*.c``, see
+  ``docs/posix-conformance.md``), compiled the same way;
 * the kernel modules the tests need (:data:`MODULES`) and everything they depend on per
   ``modules.dep``, decompressed on the host when shipped as ``.ko.xz``/``.ko.zst`` because busybox
   insmod only takes plain ELF, listed in load order in ``/lib/modules/load-order``;
@@ -45,6 +47,7 @@ REPO_ROOT: Final = HERE.parent.parent
 CACHE_DIR: Final = REPO_ROOT / ".cache" / "vm"
 INIT_SCRIPT: Final = HERE / "init.sh"
 VMTOOL_SOURCE: Final = HERE / "guest" / "vmtool.c"
+POSIXFS_DIR: Final = HERE / "guest" / "posixfs"
 
 #: Modules the tests need in the guest; their dependencies are added from modules.dep.
 #: virtio_pci is the transport of every virtio device (vhost-user-fs-pci, virtio-blk-pci).
@@ -64,6 +67,7 @@ class GuestImage:
     kernel: Path  # vmlinuz to pass to -kernel
     initramfs: Path  # cached base cpio (uncompressed newc)
     vmtool: Path  # the same static helper as in the guest, runnable on the host too
+    posixfs: Path  # the guest's conformance suite binary, runnable on the host too
     release: str  # kernel release, e.g. 6.1.0-56-cloud-amd64
 
 
@@ -228,12 +232,34 @@ def compile_vmtool(out: Path) -> None:
         )
 
 
+def posixfs_sources() -> list[Path]:
+    """The suite's sources and header, in a stable order (all are hashed into the cache key)."""
+    return sorted([*POSIXFS_DIR.glob("*.c"), *POSIXFS_DIR.glob("*.h")])
+
+
+def compile_posixfs(out: Path) -> None:
+    """Compile guest/posixfs/*.c statically into one binary."""
+    gcc = shutil.which("gcc")
+    if gcc is None:
+        raise SetupError(f"gcc not found; {SETUP_HINT}")
+    sources = [str(p) for p in posixfs_sources() if p.suffix == ".c"]
+    cmd = [gcc, "-static", "-O2", "-Wall", "-Wextra", "-Werror", "-o", str(out), *sources]
+    proc = subprocess.run(cmd, capture_output=True, text=True, check=False)
+    if proc.returncode != 0:
+        raise SetupError(
+            f"compiling {POSIXFS_DIR} failed (static glibc is in libc6-dev; {SETUP_HINT}):\n"
+            f"{proc.stderr}"
+        )
+
+
 # ---- the base image ----------------------------------------------------------------------
 
 
 def _cache_key(release: str, busybox: Path, module_paths: list[Path]) -> str:
     h = hashlib.sha256()
-    for path in (Path(__file__).resolve(), INIT_SCRIPT, VMTOOL_SOURCE, busybox, *module_paths):
+    inputs = (Path(__file__).resolve(), INIT_SCRIPT, VMTOOL_SOURCE, *posixfs_sources(), busybox,
+              *module_paths)
+    for path in inputs:
         h.update(str(path).encode() + b"\0")
         h.update(hashlib.sha256(path.read_bytes()).digest())
     return f"{release}-{h.hexdigest()[:16]}"
@@ -244,7 +270,8 @@ def _busybox_applets(busybox: Path) -> list[str]:
     return [a for a in proc.stdout.split() if a and "/" not in a and a != "busybox"]
 
 
-def _build(busybox: Path, modules_dir: Path, module_rel: list[str], vmtool: Path) -> bytes:
+def _build(busybox: Path, modules_dir: Path, module_rel: list[str], vmtool: Path,
+           posixfs: Path) -> bytes:
     cpio = CpioWriter()
     for d in ("bin", "dev", "proc", "sys", "run", "tmp", "mnt", "etc", "lib", "lib/modules"):
         cpio.directory(d)
@@ -256,6 +283,7 @@ def _build(busybox: Path, modules_dir: Path, module_rel: list[str], vmtool: Path
         cpio.symlink(f"bin/{applet}", "busybox")
     cpio.symlink("sbin", "bin")
     cpio.file("bin/vmtool", vmtool.read_bytes(), 0o755)
+    cpio.file("bin/posixfs", posixfs.read_bytes(), 0o755)
     names = []
     for rel in module_rel:
         name = _module_name(rel)
@@ -279,16 +307,21 @@ def build_base_image() -> GuestImage:
     key = _cache_key(release, busybox, [modules_dir / rel for rel in module_rel])
     target = CACHE_DIR / key / "initramfs.cpio"
     vmtool_target = target.with_name("vmtool")
-    if not target.is_file() or not vmtool_target.is_file():
+    posixfs_target = target.with_name("posixfs")
+    if not all(p.is_file() for p in (target, vmtool_target, posixfs_target)):
         target.parent.mkdir(parents=True, exist_ok=True)
         with tempfile.TemporaryDirectory(dir=target.parent) as tmp:
             vmtool = Path(tmp, "vmtool")
             compile_vmtool(vmtool)
+            posixfs = Path(tmp, "posixfs")
+            compile_posixfs(posixfs)
             staged = Path(tmp, "initramfs.cpio")
-            staged.write_bytes(_build(busybox, modules_dir, module_rel, vmtool))
+            staged.write_bytes(_build(busybox, modules_dir, module_rel, vmtool, posixfs))
             os.replace(vmtool, vmtool_target)
+            os.replace(posixfs, posixfs_target)
             os.replace(staged, target)
-    return GuestImage(kernel=kernel, initramfs=target, release=release, vmtool=vmtool_target)
+    return GuestImage(kernel=kernel, initramfs=target, release=release, vmtool=vmtool_target,
+                      posixfs=posixfs_target)
 
 
 def main() -> int:
