@@ -22,6 +22,7 @@ from backends.nydusconfig import parse_config
 from backends.prefetch import PrefetchSettings
 from vhostfs.fs.chunks import CachedChunks, ChunkSource, DirectChunks
 from vhostfs.fs.passthrough import PassthroughFilesystem
+from vhostfs.fs.passthrough_write import WritablePassthroughFilesystem
 from vhostfs.fs.rafsfs import RafsFilesystem
 from vhostfs.fs.rafsprefetch import PrefetchPlan
 from vhostfs.fuse.filesystem import Filesystem, ReadOnlyFilesystem
@@ -71,10 +72,15 @@ def open_rafs(
     else:
         raise ValueError("a RAFS mount needs a storage configuration or a localfs directory")
     plan = PrefetchPlan(enable=settings.enable, files=files, prefetch_all=settings.prefetch_all)
-    return RafsFilesystem(image, chunk_source(storage, limiter, settings),
-                          enable_xattr=enable_xattr, prefetch=plan)
+    return RafsFilesystem(
+        image, chunk_source(storage, limiter, settings), enable_xattr=enable_xattr, prefetch=plan
+    )
 
 
-def open_passthrough(directory: str, *, cache: str = "auto", writable: bool = False) -> Filesystem:
-    fs = PassthroughFilesystem(directory, cache=cache)
-    return fs if writable else ReadOnlyFilesystem(fs)
+def open_passthrough(
+    directory: str, *, cache: str = "auto", writable: bool = False, writeback: bool = False
+) -> Filesystem:
+    """A host directory: read-only, or writable as Kata's shared directory needs."""
+    if writable:
+        return WritablePassthroughFilesystem(directory, cache=cache, writeback=writeback)
+    return ReadOnlyFilesystem(PassthroughFilesystem(directory, cache=cache))
