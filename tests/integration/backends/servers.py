@@ -180,6 +180,24 @@ class Registry:
     host: str  # "127.0.0.1:port"
     log: LogTail
     push_headers: dict[str, str]
+    storage: Path | None = None  # the filesystem driver's root directory
+
+    def store(self, repo: str, blob_id: str, data: bytes) -> None:
+        """Place `data` in the registry's storage as blob `sha256:<blob_id>` of `repo`.
+
+        For RAFS blobs with a chunk-digest array, whose id leaves that array out of the
+        hash (rafs-format §5.7): an upload under that digest would be refused, but the
+        registry serves what its storage holds, as it would from a mirror or snapshotter
+        that stores blobs by their RAFS id.
+        """
+        assert self.storage is not None
+        root = self.storage / "docker" / "registry" / "v2"
+        data_dir = root / "blobs" / "sha256" / blob_id[:2] / blob_id
+        data_dir.mkdir(parents=True, exist_ok=True)
+        (data_dir / "data").write_bytes(data)
+        link = root / "repositories" / repo / "_layers" / "sha256" / blob_id / "link"
+        link.parent.mkdir(parents=True, exist_ok=True)
+        link.write_text(f"sha256:{blob_id}")
 
     def push(self, repo: str, data: bytes) -> str:
         """Monolithic upload: POST an upload session, then PUT the bytes with ?digest=."""
@@ -236,4 +254,4 @@ def registry(tmp: Path, auth: str = "", token_realm: str = "",
                    "    issuer: test-issuer", f"    rootcertbundle: {bundle}"]
     (tmp / "config.yml").write_text("\n".join(config) + "\n")
     with running([registry_binary(), "serve", str(tmp / "config.yml")], "listening on") as log:
-        yield Registry(f"127.0.0.1:{port}", log, push_headers)
+        yield Registry(f"127.0.0.1:{port}", log, push_headers, tmp / "storage")
