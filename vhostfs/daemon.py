@@ -1,11 +1,24 @@
-"""The vhost-user listener: one frontend at a time, a nursery per frontend, clean shutdown.
+"""The daemon: life cycle, the vhost-user listener, the API server, signals and shutdown.
+
+Life cycle (`run_daemon`; reference/nydusd-interface.md sections 1.6 and 6): the state
+machine starts in INIT; the start-up filesystem (`--shared-dir`/`--bootstrap`) is attached
+(Mount -> READY); the vhost-user socket is bound and listening (Start -> RUNNING); only then
+is the API socket created, so an API client's first answer is always RUNNING and the VMM
+can connect at once. The process then runs until SIGTERM/SIGINT, `PUT /api/v1/daemon/exit`,
+or, without an API socket, until the frontend leaves (virtiofsd's behaviour). With an API
+socket the daemon outlives its VMM, as nydusd does, and accepts a new one.
+
+Shutdown order (nydusd's): the API socket is closed and its file removed first, the state
+goes RUNNING -> READY -> STOPPED, then every task is cancelled (rings stopped, the frontend
+connection closed) and the runtime mounts are unmounted and their storage closed. The
+vhost-user socket file is left in place (Kata deletes it; nydusd leaves it too).
 
 Task tree: `serve` owns the listening socket and accepts a frontend; `serve_frontend` owns
 that connection, its Session and a nursery in which the device runs one QueueRunner per
 started ring. Leaving `serve_frontend` (end of stream, protocol error, cancellation) stops
 every ring first, then closes the connection, so no worker outlives the memory it maps.
 
-Like virtiofsd, the daemon serves one frontend (QEMU has no reconnect for vhost-user-fs);
+Frontends. Like virtiofsd, the daemon serves one frontend (QEMU has no reconnect for vhost-user-fs);
 `once=False` keeps accepting new frontends after one leaves, each with a fresh FUSE session.
 """
 
@@ -13,17 +26,158 @@ from __future__ import annotations
 
 import logging
 import os
+import signal
 import socket
 import stat
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 
 import trio
 
+from vhostfs.api.configstore import ConfigStore
+from vhostfs.api.mounts import MountTable
+from vhostfs.api.routes import ApiContext
+from vhostfs.api.server import ApiServer, close_api_socket, listen_api
+from vhostfs.config import DaemonConfig
 from vhostfs.errors import VhostUserProtocolError
 from vhostfs.fdio import FrontendSocket
+from vhostfs.fs.pseudo import PseudoFilesystem
+from vhostfs.fuse.server import FuseServer
+from vhostfs.state import DaemonEvent, DaemonState, StateMachine
 from vhostfs.vhost_user.session import Session
 from vhostfs.virtiofs import DEFAULT_WORKERS, RequestHandler, VirtioFsDevice
 
 log = logging.getLogger(__name__)
+
+Startup = Callable[[MountTable], Awaitable[None]]
+
+
+@dataclass(eq=False)
+class RunningDaemon:
+    """What `run_daemon` hands to its starter once RUNNING (tests, embedding)."""
+
+    state: StateMachine
+    mounts: MountTable
+    stopping: trio.Event  # set it to shut the daemon down
+
+    def stop(self) -> None:
+        self.stopping.set()
+
+
+async def run_daemon(
+    config: DaemonConfig,
+    startup: Startup | None = None,
+    *,
+    handle_signals: bool = True,
+    on_stopping: Callable[[], None] | None = None,
+    task_status: trio.TaskStatus[RunningDaemon] = trio.TASK_STATUS_IGNORED,
+) -> None:
+    """Run the daemon until it is told to stop (see the module docstring).
+
+    `startup(mounts)` attaches the command line's filesystem while the state is INIT; an
+    exception from it, or from binding a socket, ends the daemon before RUNNING (exit 1).
+    `on_stopping` is called once when shutdown begins (the CLI arms its hard deadline).
+    """
+    state = StateMachine()
+    state.on_change(lambda old, new: log.info("daemon state %s -> %s", old.name, new.name))
+    root = PseudoFilesystem()
+    stopping = trio.Event()
+    store = ConfigStore()
+    limiter = trio.CapacityLimiter(DEFAULT_WORKERS)
+    mounts = MountTable(root, limiter=limiter, store=store, cache=config.cache)
+    try:
+        async with trio.open_nursery() as nursery:
+            mounts.nursery = nursery
+            if handle_signals:
+                nursery.start_soon(_watch_signals, stopping)
+            api = await _start(config, startup, state, mounts, stopping, nursery)
+            task_status.started(RunningDaemon(state, mounts, stopping))
+            try:
+                await stopping.wait()
+            finally:
+                if on_stopping is not None:
+                    on_stopping()
+                if api is not None:
+                    with trio.CancelScope(shield=True):
+                        await api.close()
+                if state.state is DaemonState.RUNNING:
+                    state.stop()
+                nursery.cancel_scope.cancel()
+    finally:
+        if state.state is not DaemonState.STOPPED:
+            state.stop()
+        with trio.CancelScope(shield=True):
+            await mounts.aclose()
+
+
+class ApiTask:
+    """The API server task and its socket; `close` stops it and removes the socket file."""
+
+    def __init__(self, sock: trio.socket.SocketType, path: str, inode: int) -> None:
+        self.sock, self.path, self.inode = sock, path, inode
+        self.scope = trio.CancelScope()
+        self.done = trio.Event()
+
+    async def run(self, server: ApiServer) -> None:
+        try:
+            with self.scope:
+                await server.serve(self.sock)
+        finally:
+            # The listener is closed only once no task waits on it (closing it under a
+            # waiting accept would raise ClosedResourceError in that task).
+            close_api_socket(self.sock, self.path, self.inode)
+            self.done.set()
+
+    async def close(self) -> None:
+        self.scope.cancel()
+        await self.done.wait()
+
+
+async def _start(
+    config: DaemonConfig,
+    startup: Startup | None,
+    state: StateMachine,
+    mounts: MountTable,
+    stopping: trio.Event,
+    nursery: trio.Nursery,
+) -> ApiTask | None:
+    """INIT -> READY -> RUNNING, then the API; returns the API socket to close at the end."""
+    if startup is not None:
+        await startup(mounts)
+    state.fire(DaemonEvent.MOUNT)
+    listener = await listen_unix(config.sock)
+    state.fire(DaemonEvent.START)
+    log.info("listening for the VMM on %s", config.sock)
+    server = FuseServer(mounts.root)
+
+    async def frontends() -> None:
+        once = config.apisock is None
+        await serve(listener, server, workers=config.workers, packed=config.packed, once=once)
+        log.info("the frontend left; exiting (no API socket)")
+        stopping.set()
+
+    nursery.start_soon(frontends)
+    if config.apisock is None:
+        return None
+    sock, inode = await listen_api(config.apisock)
+    api = ApiTask(sock, config.apisock, inode)
+    ctx = ApiContext(state, mounts, mounts.store, config.id, config.supervisor,
+                     set_log_level=_set_log_level)
+    nursery.start_soon(api.run, ApiServer(ctx, on_exit=stopping.set))
+    log.info("API listening on %s", config.apisock)
+    return api
+
+
+def _set_log_level(level: int) -> None:
+    logging.getLogger().setLevel(level)
+
+
+async def _watch_signals(stopping: trio.Event) -> None:
+    with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
+        async for signum in signals:
+            log.info("%s received, shutting down", signal.Signals(signum).name)
+            stopping.set()
+            return
 
 
 async def listen_unix(path: str) -> trio.socket.SocketType:
