@@ -153,14 +153,18 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--seconds", type=float, default=5.0, help="per workload")
     parser.add_argument("--in-flight", type=int, default=1)
     parser.add_argument("--out", type=Path, help="keep collapsed stacks here")
-    parser.add_argument("workloads", nargs="*", default=list(WORKLOADS), choices=list(WORKLOADS))
+    # no choices=: Python 3.11's argparse checks an empty nargs="*" list against them
+    parser.add_argument("workloads", nargs="*", help=f"default: all of {list(WORKLOADS)}")
     args = parser.parse_args(argv)
+    unknown = set(args.workloads) - set(WORKLOADS)
+    if unknown:
+        parser.error(f"unknown workloads {sorted(unknown)}; choose from {list(WORKLOADS)}")
     with tempfile.TemporaryDirectory(prefix="vfsprof-", dir="/tmp") as tmp:
         out = args.out or Path(tmp)
         out.mkdir(parents=True, exist_ok=True)
         shared = Path(tmp) / "share"
         make_tree(shared, 16 << 20)
-        for name in args.workloads:
+        for name in args.workloads or list(WORKLOADS):
             print("\n".join(profile(name, args.seconds, args.in_flight, out, shared)), flush=True)
             print()
 
