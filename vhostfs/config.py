@@ -17,7 +17,7 @@ flag                   vhostfs                            vhostfs-nydusd
 `--workers N` sets the worker count in both; `--writable`/`--read-only` override the
 shared directory's default in both.
 
-Deliberate differences from nydusd (all documented in the README of kata-integration):
+Deliberate differences from nydusd on the command line:
 
 * A repeated valued flag: the last one wins. nydusd refuses ("cannot be used multiple
   times"), which breaks the debugging recipe of Kata's own docs (Kata passes `--log-level
