@@ -24,6 +24,7 @@ Frontends. Like virtiofsd, the daemon serves one frontend (QEMU has no reconnect
 
 from __future__ import annotations
 
+import errno
 import logging
 import os
 import signal
@@ -181,20 +182,44 @@ async def _watch_signals(stopping: trio.Event) -> None:
 
 
 async def listen_unix(path: str) -> trio.socket.SocketType:
-    """Bind a listening unix socket at `path`, replacing a stale socket file."""
+    """Bind a listening unix socket at `path`, replacing a stale socket file.
+
+    The socket file appears only once it accepts connections: it is bound and listening
+    under a short temporary name in the same directory and then renamed into place, so a
+    starter that waits for the file (virtiofsd-style, no API socket) never sees a refusal.
+    A non-socket file at `path` is an error (EADDRINUSE), never replaced.
+    """
     try:
         if stat.S_ISSOCK(os.lstat(path).st_mode):
             os.unlink(path)
+        else:
+            raise OSError(errno.EADDRINUSE, "Address already in use (not a socket)", path)
     except FileNotFoundError:
         pass
+    temporary = os.path.join(os.path.dirname(path), f".vhostfs-{os.getpid()}.sock")
+    if len(os.fsencode(temporary)) > len(os.fsencode(path)):
+        temporary = path  # keep within sun_path's 108 bytes: bind in place
     listener = trio.socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     try:
-        await listener.bind(path)
+        if temporary != path:
+            _remove(temporary)  # left by an earlier process with our pid
+        await listener.bind(temporary)
         listener.listen(1)
+        if temporary != path:
+            os.rename(temporary, path)
     except BaseException:
         listener.close()
+        if temporary != path:
+            _remove(temporary)
         raise
     return listener
+
+
+def _remove(path: str) -> None:
+    try:
+        os.unlink(path)
+    except FileNotFoundError:
+        pass
 
 
 async def serve(
