@@ -11,8 +11,7 @@ registry's access log (status and body size of every blob GET) and the cache's c
 (`<blob>.blob.data.chunk_map`, one bit per cached chunk) are the evidence.
 
 Faults go through a loopback proxy (tests/support/faultproxy.py) put in front of the registry.
-Prefetch and the SIGKILL test use tests/support/rafs_daemon.py (the same command line, plus
-the prefetch the daemon owner has yet to start).
+Prefetch (`fs_prefetch`, `--prefetch-files`) is started by the daemon after attaching.
 """
 
 from __future__ import annotations
@@ -77,9 +76,16 @@ def vhostfs_argv(sock: Path, image: BuiltImage, cfg: Path) -> list[str]:
             "--bootstrap", str(image.bootstrap), "--config", str(cfg)]
 
 
-def prefetching_argv(sock: Path, image: BuiltImage, cfg: Path) -> list[str]:
-    return [sys.executable, "-m", "tests.support.rafs_daemon", "--",
-            *vhostfs_argv(sock, image, cfg)[3:]]
+def prefetching_argv(sock: Path, image: BuiltImage, cfg: Path, files: tuple[str, ...] = ()
+                     ) -> list[str]:
+    """The daemon starts the prefetch itself once the image is attached; it logs
+    "prefetch finished" when done. `files` become nydusd's --prefetch-files list."""
+    argv = vhostfs_argv(sock, image, cfg)
+    if files:
+        listing = cfg.with_suffix(".prefetch")
+        listing.write_text("".join(f"{p}\n" for p in files))
+        argv += ["--prefetch-files", str(listing)]
+    return argv
 
 
 def read_script(tag: str, paths: tuple[str, ...], mnt: str = "/mnt") -> str:
@@ -132,7 +138,8 @@ def test_cold_read_fetches_only_touched_chunks_then_warm_boot_fetches_nothing(
             dev = vm.VirtioFsDevice(sock, "lazy", log_path=log)
             out = vm.run_guest(read_script("lazy", STARTUP), fs_devices=[dev],
                                timeout=120).check()
-            assert daemon.proc.poll() is None
+            daemon.stop()
+        assert "Traceback" not in log.read_text()
         reads = parse_reads(out.text)
         assert reads == {("lazy", p): image.sha256(p) for p in STARTUP}
         wanted = stored_size(image, *STARTUP)
@@ -217,8 +224,7 @@ def test_corrupted_cache_file_is_validated_and_refetched(
     # Fill the cache for the startup files (a prefetching daemon, no guest needed).
     cfg = config(tmp_path / "fill.json", reg.host, work, prefetch={"prefetch_all": False})
     sock, log = socket(socket_dir, "fill"), tmp_path / "fill.log"
-    argv = prefetching_argv(sock, image, cfg)
-    argv[3:3] = [f"--prefetch-file={p}" for p in STARTUP]
+    argv = prefetching_argv(sock, image, cfg, STARTUP)
     with vm.start_daemon(argv, sock, log_path=log) as daemon:
         poll_until(lambda: "prefetch finished" in log.read_text(), daemon.proc, log)
     before = sum(registry_blob_bytes(reg, image.blob_id, stored_size(image, *STARTUP)))

@@ -44,7 +44,7 @@ def open_rafs(
     config: str | None = None,
     localfs_dir: str | None = None,
     limiter: trio.CapacityLimiter,
-    prefetch_files: Sequence[str] = (),
+    prefetch_files: Sequence[str] | None = (),
 ) -> RafsFilesystem:
     """A RAFS image with its storage: `config` is nydusd's JSON/TOML text, or `localfs_dir`
     is nydusd's shortcut (blobs in that directory, blob cache in the same directory).
@@ -56,7 +56,7 @@ def open_rafs(
     Raises RafsError for a bad bootstrap, backends' ConfigError for a bad configuration and
     ValueError for a relative prefetch path.
     """
-    files = tuple(prefetch_files)
+    files = tuple(prefetch_files or ())
     PrefetchPlan(files=files)  # refuse relative paths before anything is opened
     image = rafs.open_image(bootstrap)
     settings = PrefetchSettings()
