@@ -21,8 +21,8 @@ Design:
   skips the probe.
 * Extra drives (``extra_drives``): host files attached as read-only raw virtio-blk disks with
   serial ``vhostfs-extra<i>``; the guest finds them with :func:`extra_drives_script` (e.g. a
-  RAFS v6 bootstrap and its blob, for the kernel's own EROFS driver).  QEMU exposes whole
-  512-byte sectors only, so :func:`pad_to_block` a copy of a file whose size is not aligned.
+  RAFS v6 bootstrap and its blob, for the kernel's own EROFS driver).  Any size works: QEMU
+  7.2 rounds a raw file up to whole 512-byte sectors and the guest reads the tail as zeros.
 * Daemons: :func:`start_daemon` runs any daemon command (the C virtiofsd or ours) and waits for
   its socket; :func:`virtiofsd_command` builds the C virtiofsd command line QEMU 7.2 ships,
   :func:`vhostfs_command` / :func:`vhostfs_rafs_command` ours (a directory / a RAFS image).
@@ -59,7 +59,6 @@ VIRTIOFSD_C: Final = "/usr/lib/qemu/virtiofsd"
 MAX_SOCKET_PATH: Final = 107
 KVM_PROBE_TIMEOUT: Final = 5.0  # a working KVM boot takes ~1 s; a hung one never gets to /init
 SCRATCH_DEFAULT_MIB: Final = 64
-SECTOR: Final = 512  # virtio-blk capacity is counted in 512-byte sectors
 EXTRA_SERIAL: Final = "vhostfs-extra"  # + index; virtio-blk serials hold at most 20 bytes
 CONSOLE_TAIL: Final = 12000  # characters of console log quoted in failure messages
 
@@ -266,11 +265,8 @@ class Guest:
             if not 0 < len(dev.tag.encode()) <= 36 or "," in dev.tag:
                 raise ValueError(f"bad virtio-fs tag {dev.tag!r}")
         for drive in self.extra_drives:
-            # QEMU sizes a raw disk in whole sectors: don't let a partial tail go unnoticed
-            size = drive.stat().st_size
-            if size == 0 or size % SECTOR:
-                raise GuestError(f"extra drive {drive} is {size} bytes, not a non-zero multiple"
-                                 f" of {SECTOR} (use pad_to_block on a copy)")
+            if not drive.is_file():
+                raise GuestError(f"extra drive {drive} is not a file")
 
     def _run_in(self, script: str, image: initramfs.GuestImage, accel: str, workdir: Path,
                 timeout: float, diagnostics: Sequence[Path]) -> GuestResult:
@@ -360,19 +356,6 @@ def extra_drives_script(count: int) -> str:
     lines += [f"[ -n \"$EXTRA{i}\" ] || {{ echo 'no extra drive {i}' >&2; exit 1; }}"
               for i in range(count)]
     return "\n".join(lines) + "\n"
-
-
-def pad_to_block(source: Path, dest: Path, block: int = 4096) -> Path:
-    """Copy ``source`` to ``dest`` zero-padded to a multiple of ``block`` bytes; returns dest.
-
-    For :attr:`Guest.extra_drives`: QEMU sizes a raw disk in whole 512-byte sectors, and EROFS
-    addresses a device in 4 KiB blocks, so the default pads to a whole block.
-    """
-    shutil.copyfile(source, dest)
-    size = dest.stat().st_size
-    with dest.open("r+b") as f:
-        f.truncate(-(-size // block) * block if size else block)
-    return dest
 
 
 # ---- daemons -------------------------------------------------------------------------------
