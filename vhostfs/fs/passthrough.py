@@ -330,7 +330,7 @@ class PassthroughFilesystem(Filesystem):
     async def read(self, ctx: Context, ino: Ino, fh: FileHandle, offset: int,
                    bufs: Sequence[memoryview]) -> int:  # fmt: skip
         fd = self._file(fh).fd
-        wanted = sum(len(b) for b in bufs)
+        wanted = sum(map(len, bufs))
         done = 0
         while done < wanted:
             views = remaining_views(bufs, done)

@@ -23,6 +23,8 @@ from vhostfs.errors import ChainError
 
 def split_views(bufs: Sequence[memoryview], offset: int, size: int) -> list[memoryview]:
     """The slices of `bufs` that cover the stream bytes [offset, offset + size)."""
+    if offset == 0 and size >= sum(map(len, bufs)):
+        return list(bufs)  # whole buffers: a READ reply's pages, the common case
     out: list[memoryview] = []
     for buf in bufs:
         n = len(buf)
@@ -138,7 +140,10 @@ class ChainWriter:
         if offset < 0 or size < 0 or offset + size > self.capacity:
             raise ChainError(f"reply of {offset + size} bytes exceeds the {self.capacity}")
         index = self._locate(offset)
-        return split_views(self._bufs[index:], offset - self._starts[index], size)
+        local = offset - self._starts[index]
+        if index == 0 and local == 0:
+            return split_views(self._bufs, 0, size)
+        return split_views(self._bufs[index:], local, size)
 
     def commit(self, end: int) -> None:
         """Record that the stream is filled up to `end` (after writing into `views`)."""

@@ -71,25 +71,50 @@ def indirect_table(memory: GuestMemory, addr: int, length: int) -> memoryview:
 
 
 def walk_indirect(memory: GuestMemory, chain: Chain, table: memoryview, packed: bool) -> None:
-    """Walk an indirect table: split tables follow `next`, packed tables run in order."""
-    count = len(table) // DESCRIPTOR.size
-    unpack = DESCRIPTOR.unpack_from
-    index = 0
-    for _ in range(count):
-        addr, length, a, b = unpack(table, index * DESCRIPTOR.size)
-        flags = b if packed else a
+    """Walk an indirect table: split tables follow `next`, packed tables run in order.
+
+    This is the hot path of every request from a Linux guest (one indirect table per
+    request, up to 259 entries for a 1 MiB READ), so the table is decoded in one C call and
+    addresses inside the most recently used memory region are sliced without a call.
+    """
+    entries = list(DESCRIPTOR.iter_unpack(table))
+    count = len(entries)
+    if packed:
+        ordered = [(addr, length, flags) for addr, length, _, flags in entries]
+    else:
+        ordered = _follow_next(entries, count)
+    readable, writable = chain.readable, chain.writable
+    base, end, region = memory.hot_region()
+    for addr, length, flags in ordered:
         if flags & F_INDIRECT:
             raise ChainError("indirect descriptor inside an indirect table")
-        add_buffer(memory, chain, addr, length, bool(flags & F_WRITE))
-        if packed:
-            index += 1
-            if index == count:
-                return
+        if not length:
             continue
+        if base <= addr and addr + length <= end:
+            views = [region[addr - base : addr - base + length]]
+        else:
+            views = memory.views(addr, length)
+            base, end, region = memory.hot_region()
+        if flags & F_WRITE:
+            writable.extend(views)
+        elif writable:
+            raise ChainError("readable descriptor after a writable one")
+        else:
+            readable.extend(views)
+
+
+def _follow_next(
+    entries: list[tuple[int, int, int, int]], count: int
+) -> list[tuple[int, int, int]]:
+    """The split-format chain from entry 0 along `next`, bounded by the table size."""
+    ordered = []
+    index = 0
+    for _ in range(count):
+        addr, length, flags, nxt = entries[index]
+        ordered.append((addr, length, flags))
         if not flags & F_NEXT:
-            return
-        index = b
-        if index >= count:
-            raise ChainError(f"indirect next index {index} outside a table of {count}")
-    if not packed:
-        raise ChainError("indirect chain longer than its table (a loop)")
+            return ordered
+        if nxt >= count:
+            raise ChainError(f"indirect next index {nxt} outside a table of {count}")
+        index = nxt
+    raise ChainError("indirect chain longer than its table (a loop)")

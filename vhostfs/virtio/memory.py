@@ -148,6 +148,16 @@ class GuestMemory:
         self._regions = []
         self._last = None
 
+    def hot_region(self) -> tuple[int, int, memoryview]:
+        """(first gpa, end gpa, view) of the most recently used region, for inline slicing.
+
+        An empty range when nothing has been translated yet; callers fall back to `views`.
+        """
+        region = self._last
+        if region is None:
+            return 0, 0, memoryview(b"")
+        return region.gpa, region.gpa + region.size, region.view
+
     def view(self, gpa: int, size: int) -> memoryview:
         """The guest-physical range [gpa, gpa + size) as one view; it must fit one region."""
         region = self._last

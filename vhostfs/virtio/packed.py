@@ -99,6 +99,10 @@ class PackedQueue:
             self.avail_wrap
         )
 
+    def pending(self) -> bool:
+        """Whether the driver has made a chain available that we have not popped."""
+        return self._is_available(self.last_avail)
+
     def pop(self) -> Chain | None:
         """The next available chain, or None. A malformed chain comes back with `error`."""
         if not self._is_available(self.last_avail):

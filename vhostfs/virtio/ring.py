@@ -91,6 +91,10 @@ class SplitQueue:
             raise ChainError(f"driver claims {pending} new entries in a ring of {self.num}")
         return pending
 
+    def pending(self) -> bool:
+        """Whether the driver has made a chain available that we have not popped."""
+        return self._avail[1] != self.last_avail
+
     def pop(self) -> Chain | None:
         """The next available chain, or None. A malformed chain comes back with `error`."""
         if self._avail[1] == self.last_avail:

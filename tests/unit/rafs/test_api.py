@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import types
+
 import rafs
 
 
@@ -9,10 +11,13 @@ def test_all_is_exported_and_complete() -> None:
     assert sorted(rafs.__all__) == sorted(set(rafs.__all__))
     for name in rafs.__all__:
         assert hasattr(rafs, name), name
-    public = {n for n in vars(rafs) if not n.startswith("_")} - {"annotations"}
-    internal = {"algorithms", "blobinfo", "blobmeta", "bootstrap", "errors", "image", "inode",
-                "records", "v5", "v6"}
-    assert public - internal == set(rafs.__all__)
+    # Submodules become attributes of the package once anything imports them (the builder,
+    # the CLI, the test suite): only plain names count as the public surface.
+    public = {n for n, v in vars(rafs).items()
+              if not n.startswith("_") and not isinstance(v, types.ModuleType)}
+    assert public - {"annotations"} == {
+        n for n in rafs.__all__ if not isinstance(getattr(rafs, n), types.ModuleType)
+    }
 
 
 def test_errors_carry_errno() -> None:
