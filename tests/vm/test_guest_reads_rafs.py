@@ -27,7 +27,6 @@ import dataclasses
 import os
 import subprocess
 import sys
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -85,29 +84,23 @@ def without_data(manifest: tree.Manifest) -> tree.Manifest:
 # ---- vhostfs serves the image over virtio-fs ------------------------------------------------
 
 
-@pytest.fixture
-def socket_path() -> Iterator[Path]:
-    path = Path(f"/tmp/vfs-rafs-{os.getpid()}.sock")  # sun_path holds only 108 bytes
-    yield path
-    path.unlink(missing_ok=True)
-
-
 @pytest.mark.parametrize(
     "options",
     [("--version", "6", "--compressor", "zstd", "--chunk-size", SMALL_CHUNKS),
      ("--version", "5", "--compressor", "lz4_block", "--digester", "sha256")],
     ids=["v6-zstd-64k-chunks", "v5-lz4-sha256"],
 )
-def test_vhostfs_serves_built_image(source: SourceTree, tmp_path: Path, socket_path: Path,
+def test_vhostfs_serves_built_image(source: SourceTree, tmp_path: Path, socket_dir: Path,
                                     options: tuple[str, ...]) -> None:
     bootstrap, blob = build(source.root, tmp_path / "image", *options)
     expected = dict(source.manifest)
     if options[1] == "5":
         expected[b"."] = dataclasses.replace(expected[b"."], mtime_ns=0)
     log = tmp_path / "daemon.log"
-    argv = vm.vhostfs_rafs_command(socket_path, bootstrap, blob.parent)
-    with vm.start_daemon(argv, socket_path, log_path=log):
-        share = vm.VirtioFsDevice(socket_path=socket_path, tag="rafs", log_path=log)
+    sock = socket_dir / "rafs.sock"
+    argv = vm.vhostfs_rafs_command(sock, bootstrap, blob.parent)
+    with vm.start_daemon(argv, sock, log_path=log):
+        share = vm.VirtioFsDevice(socket_path=sock, tag="rafs", log_path=log)
         script = "mount -t virtiofs -o ro rafs /mnt\n" + tree.guest_manifest_script("/mnt")
         result = vm.run_guest(script, fs_devices=[share], timeout=180).check()
     same_tree(tree.parse_manifest(result.stdout), expected)
