@@ -24,13 +24,14 @@ Frontends. Like virtiofsd, the daemon serves one frontend (QEMU has no reconnect
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import logging
 import os
 import signal
 import socket
 import stat
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 
 import trio
@@ -86,11 +87,35 @@ async def run_daemon(
     store = ConfigStore()
     limiter = trio.CapacityLimiter(DEFAULT_WORKERS)
     mounts = MountTable(root, limiter=limiter, store=store, cache=config.cache)
+    # The signal receiver stays installed until the daemon has fully stopped: a second
+    # SIGTERM during shutdown (Kata's, or a supervisor's) must not kill the process with the
+    # default action while mounts are still being closed.
+    receiver = (
+        trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT)
+        if handle_signals
+        else contextlib.nullcontext(None)
+    )
+    with receiver as signals:
+        await _run_until_stopped(config, startup, state, root, mounts, stopping, signals,
+                                 on_stopping, task_status)  # fmt: skip
+
+
+async def _run_until_stopped(
+    config: DaemonConfig,
+    startup: Startup | None,
+    state: StateMachine,
+    root: PseudoFilesystem,
+    mounts: MountTable,
+    stopping: trio.Event,
+    signals: AsyncIterator[int] | None,
+    on_stopping: Callable[[], None] | None,
+    task_status: trio.TaskStatus[RunningDaemon],
+) -> None:
     try:
         async with trio.open_nursery() as nursery:
             mounts.nursery = nursery
-            if handle_signals:
-                nursery.start_soon(_watch_signals, stopping)
+            if signals is not None:
+                nursery.start_soon(_watch_signals, signals, stopping)
             api = await _start(config, startup, state, mounts, stopping, nursery)
             task_status.started(RunningDaemon(state, mounts, stopping))
             try:
@@ -162,8 +187,9 @@ async def _start(
         return None
     sock, inode = await listen_api(config.apisock)
     api = ApiTask(sock, config.apisock, inode)
-    ctx = ApiContext(state, mounts, mounts.store, config.id, config.supervisor,
-                     set_log_level=_set_log_level)
+    ctx = ApiContext(
+        state, mounts, mounts.store, config.id, config.supervisor, set_log_level=_set_log_level
+    )
     nursery.start_soon(api.run, ApiServer(ctx, on_exit=stopping.set))
     log.info("API listening on %s", config.apisock)
     return api
@@ -173,12 +199,14 @@ def _set_log_level(level: int) -> None:
     logging.getLogger().setLevel(level)
 
 
-async def _watch_signals(stopping: trio.Event) -> None:
-    with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
-        async for signum in signals:
-            log.info("%s received, shutting down", signal.Signals(signum).name)
+async def _watch_signals(signals: AsyncIterator[int], stopping: trio.Event) -> None:
+    async for signum in signals:
+        name = signal.Signals(signum).name
+        if stopping.is_set():
+            log.info("%s received while already shutting down", name)
+        else:
+            log.info("%s received, shutting down", name)
             stopping.set()
-            return
 
 
 async def listen_unix(path: str) -> trio.socket.SocketType:
