@@ -105,7 +105,7 @@ def encode_rdev(rdev: int) -> int:
 def attr_of(st: os.stat_result) -> Attr:
     attr = Attr.from_stat(st)
     if st.st_rdev:
-        attr = dataclasses.replace(attr, rdev=encode_rdev(st.st_rdev))
+        attr = attr._replace(rdev=encode_rdev(st.st_rdev))
     return attr
 
 

@@ -399,9 +399,7 @@ class PseudoFilesystem(Filesystem):
 
 
 def _with_ino(attr: Attr, ino: int) -> Attr:
-    return Attr(ino, attr.size, attr.blocks, attr.atime, attr.mtime, attr.ctime, attr.atime_ns,
-                attr.mtime_ns, attr.ctime_ns, attr.mode, attr.nlink, attr.uid, attr.gid,
-                attr.rdev, attr.blksize, attr.flags)  # fmt: skip
+    return attr._replace(ino=ino)
 
 
 def path_key(path: str) -> str:
