@@ -67,7 +67,10 @@ OFFERED_FEATURES: Final = (
     | VirtioFeatures.RING_PACKED
 )
 OFFERED_PROTOCOL_FEATURES: Final = (
-    ProtocolFeatures.MQ | ProtocolFeatures.REPLY_ACK | ProtocolFeatures.CONFIGURE_MEM_SLOTS
+    ProtocolFeatures.MQ
+    | ProtocolFeatures.REPLY_ACK
+    | ProtocolFeatures.CONFIGURE_MEM_SLOTS
+    | ProtocolFeatures.BACKEND_REQ
 )
 
 

@@ -27,6 +27,7 @@ fds and closes them (the mapping outlives the fd), and closes everything else.
 from __future__ import annotations
 
 import logging
+import os
 from collections.abc import Awaitable, Callable
 
 from vhostfs.errors import RejectedRequest, VhostfsError, VhostUserProtocolError
@@ -77,6 +78,7 @@ class Session:
         self.owner = False
         self.vrings: dict[int, Vring] = {}
         self._running: set[int] = set()
+        self.backend_channel: int | None = None  # SET_BACKEND_REQ_FD socket, owned here
 
     async def handle(self, message: Message) -> bytes | None:
         """Apply one request; return the reply bytes to send, if any. Closes unkept fds."""
@@ -110,6 +112,9 @@ class Session:
             vring.close()
         self.vrings.clear()
         self.memory.clear()
+        if self.backend_channel is not None:
+            os.close(self.backend_channel)
+            self.backend_channel = None
 
     # -- features -------------------------------------------------------------------------
 
@@ -150,9 +155,13 @@ class Session:
         self.features = 0
 
     async def _set_backend_req_fd(self, message: Message) -> None:
-        # We never offer BACKEND_REQ: virtio-fs on QEMU 7.2 has no use for it (no DAX).
-        # The fd is closed with the message.
-        log.info("vhost-user: backend request channel offered and ignored")
+        # The backend request channel (offered, as nydusd does) is kept for the life of the
+        # connection. Nothing travels on it yet: with QEMU 7.2 there is no DAX window to map
+        # into and no config space to announce, so it is held only to honour the protocol.
+        fd = message.take_fd()
+        if self.backend_channel is not None:
+            os.close(self.backend_channel)
+        self.backend_channel = fd
 
     # -- memory ---------------------------------------------------------------------------
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import socket
 
 import pytest
 
@@ -176,3 +177,18 @@ async def test_memory_regions_are_mapped_and_fds_closed() -> None:
     os.close(memfd)
     await session.close()
     assert open_fds() == before - 1  # every mapping and its fd are gone
+
+
+async def test_backend_channel_is_kept_until_close() -> None:
+    session = Session(RecordingDevice())
+    await negotiate(session)
+    ours, theirs = socket.socketpair()
+    fd = theirs.detach()
+    reply = await session.handle(Message(FrontendReq.SET_BACKEND_REQ_FD, NEED_REPLY, b"", [fd]))
+    assert reply_value(reply) == 0
+    assert session.backend_channel == fd
+    os.fstat(fd)  # still open: the session owns it
+    await session.close()
+    assert session.backend_channel is None
+    assert ours.recv(1) == b""  # the other end sees the channel closed
+    ours.close()
