@@ -318,6 +318,23 @@ static void rw_two_fds_coherent(void)
 	OK(close(r));
 }
 
+/* st_blocks accounts for data once it is on the file system (du relies on it). */
+static void rw_blocks_after_fsync(void)
+{
+	static unsigned char buf[256 << 10];
+	struct stat st;
+	int fd = (int)OK(open("f", O_CREAT | O_RDWR, 0644));
+
+	OK(fstat(fd, &st)); /* a cached "empty file" view must not survive the write */
+	EQ(st.st_blocks, 0);
+	pfs_fill(buf, sizeof buf, 9);
+	EQ(write(fd, buf, sizeof buf), sizeof buf);
+	OK(fsync(fd));
+	OK(fstat(fd, &st));
+	CHECK(st.st_blocks >= (blkcnt_t)(sizeof buf / 512));
+	OK(close(fd));
+}
+
 /* ---- lseek ---- */
 
 static void lseek_whence(void)
@@ -506,6 +523,7 @@ const struct pfs_case pfs_cases_open[] = {
 	{"rw/read_at_eof", rw_read_at_eof},
 	{"rw/unaligned_overwrite", rw_unaligned_overwrite},
 	{"rw/two_fds_coherent", rw_two_fds_coherent},
+	{"rw/blocks_after_fsync", rw_blocks_after_fsync},
 	{"lseek/whence", lseek_whence},
 	{"lseek/data_hole_enxio", lseek_data_hole_enxio},
 	{"lseek/data_hole_consistent", lseek_data_hole_consistent},
