@@ -23,6 +23,14 @@ Design:
   serial ``vhostfs-extra<i>``; the guest finds them with :func:`extra_drives_script` (e.g. a
   RAFS v6 bootstrap and its blob, for the kernel's own EROFS driver).  Any size works: QEMU
   7.2 rounds a raw file up to whole 512-byte sectors and the guest reads the tail as zeros.
+* Control port (``control_socket``): a third serial port (guest ``/dev/ttyS2``) that QEMU
+  connects, as a client, to a unix socket the *host* listens on (:class:`ControlChannel`).  It
+  carries lines both ways while the guest runs, so a test can interleave host actions (API
+  calls, host-side checks) with guest steps during one boot: the guest writes a line and blocks
+  reading the host's reply (:data:`CONTROL_SCRIPT` has the shell side).  Run the guest in a
+  thread; every host wait on the channel has a deadline.  :meth:`ControlChannel.stop_vmm` ends
+  QEMU from the host (SIGTERM, as a VMM manager would) when the guest cannot finish by itself;
+  the run then returns a result with ``stopped_by_host`` set instead of raising.
 * Daemons: :func:`start_daemon` runs any daemon command (the C virtiofsd or ours) and waits for
   its socket; :func:`virtiofsd_command` builds the C virtiofsd command line QEMU 7.2 ships,
   :func:`vhostfs_command` / :func:`vhostfs_rafs_command` ours (a directory / a RAFS image).
@@ -42,6 +50,8 @@ import secrets
 import shlex
 import shutil
 import signal
+import socket
+import struct
 import subprocess
 import sys
 import tempfile
@@ -61,6 +71,11 @@ KVM_PROBE_TIMEOUT: Final = 5.0  # a working KVM boot takes ~1 s; a hung one neve
 SCRATCH_DEFAULT_MIB: Final = 64
 EXTRA_SERIAL: Final = "vhostfs-extra"  # + index; virtio-blk serials hold at most 20 bytes
 CONSOLE_TAIL: Final = 12000  # characters of console log quoted in failure messages
+CONTROL_TTY: Final = "/dev/ttyS2"  # the third -serial; ttyS0 console, ttyS1 result port
+CONTROL_LINE_MAX: Final = 4096  # bytes; a longer "line" means the guest lost the framing
+#: QEMU's message when a signal ends it (main loop, qemu_system_killed); tells a host stop
+#: (ControlChannel.stop_vmm) apart from a crash
+QEMU_KILLED_MESSAGE: Final = "terminating on signal"
 
 
 class GuestError(AssertionError):
@@ -109,6 +124,7 @@ class GuestResult:
     console: str  # full serial console log (kernel + streamed stderr + markers)
     accel: str
     duration: float  # seconds, QEMU start to exit
+    stopped_by_host: bool = False  # QEMU was ended by a signal before every boot reported
 
     @property
     def exit_code(self) -> int:
@@ -130,7 +146,8 @@ class GuestResult:
 
     def explain(self) -> str:
         """A failure message: statuses, each boot's stderr and the console tail."""
-        parts = [f"accel={self.accel} duration={self.duration:.1f}s"]
+        parts = [f"accel={self.accel} duration={self.duration:.1f}s"
+                 + (" (stopped by the host)" if self.stopped_by_host else "")]
         for b in self.boots:
             parts.append(f"--- boot {b.boot}: exit {b.exit_code}, stderr:\n"
                          + b.stderr.decode("utf-8", "replace"))
@@ -139,6 +156,8 @@ class GuestResult:
 
     def check(self) -> GuestResult:
         """Return self if every boot's script exited 0, else raise GuestError with details."""
+        if self.stopped_by_host:
+            raise GuestError(f"the guest was stopped before it finished\n{self.explain()}")
         if self.exit_code != 0:
             raise GuestError(f"guest script failed\n{self.explain()}")
         return self
@@ -178,6 +197,7 @@ class Guest:
     accel: str | None = None  # None = accelerator()
     extra_cmdline: str = ""
     extra_drives: tuple[Path, ...] = ()  # read-only raw virtio-blk disks, see extra_drives_script
+    control_socket: Path | None = None  # a listening ControlChannel's path -> guest /dev/ttyS2
 
     def qemu_argv(self, image: initramfs.GuestImage, initrd: Path, workdir: Path,
                   accel: str) -> list[str]:
@@ -196,6 +216,10 @@ class Guest:
             "-chardev", f"file,id=result,path={workdir / 'result.log'}",
             "-serial", "chardev:result",
         ]
+        if self.control_socket is not None:
+            # client mode: QEMU connects at start-up, so the host must already listen
+            argv += ["-chardev", f"socket,id=control,path={self.control_socket}",
+                     "-serial", "chardev:control"]
         if accel == "kvm":
             argv += ["-cpu", "host"]
         if self.boots == 1:
@@ -267,6 +291,8 @@ class Guest:
         for drive in self.extra_drives:
             if not drive.is_file():
                 raise GuestError(f"extra drive {drive} is not a file")
+        if self.control_socket is not None and not self.control_socket.is_socket():
+            raise GuestError(f"no ControlChannel listening at {self.control_socket}")
 
     def _run_in(self, script: str, image: initramfs.GuestImage, accel: str, workdir: Path,
                 timeout: float, diagnostics: Sequence[Path]) -> GuestResult:
@@ -304,7 +330,11 @@ class Guest:
                              + _diagnose(workdir, diagnostics))
         boots = _parse_results((workdir / "result.log").read_bytes(), nonce)
         console = _read_text(workdir / "console.log")
-        result = GuestResult(boots=boots, console=console, accel=accel, duration=duration)
+        stopped = QEMU_KILLED_MESSAGE in _read_text(workdir / "qemu.stderr")
+        result = GuestResult(boots=boots, console=console, accel=accel, duration=duration,
+                             stopped_by_host=stopped)
+        if stopped:
+            return result  # whatever boots reported before the host pulled the plug
         expected = self.boots if result.exit_code == 0 else boots[-1].boot if boots else 1
         if len(boots) != expected:
             raise GuestError(
@@ -328,6 +358,7 @@ def run_guest(
     workdir: Path | None = None,
     diagnostics: Sequence[Path] = (),
     extra_drives: Sequence[Path] = (),
+    control_socket: Path | None = None,
 ) -> GuestResult:
     """Boot a guest with ``fs_devices``, run ``script``, return its result (see :class:`Guest`).
 
@@ -335,11 +366,13 @@ def run_guest(
     at ``$SCRATCH``.  ``boots`` > 1 selects reboot mode (``$BOOT`` = 1, 2, ...).
     ``extra_drives``: files attached read-only as virtio-blk disks, in order; start the script
     with :func:`extra_drives_script` to get their devices as ``$EXTRA0``, ``$EXTRA1``, ...
+    ``control_socket``: the path of a listening :class:`ControlChannel` (guest ``/dev/ttyS2``).
     """
     scratch = SCRATCH_DEFAULT_MIB if scratch_disk is True else int(scratch_disk)
     guest = Guest(fs_devices=tuple(fs_devices), memory_mib=memory_mib, scratch_disk_mib=scratch,
                   boots=boots, accel=accel, extra_cmdline=extra_cmdline,
-                  extra_drives=tuple(Path(p) for p in extra_drives))
+                  extra_drives=tuple(Path(p) for p in extra_drives),
+                  control_socket=control_socket)
     return guest.run(script, timeout=timeout, workdir=workdir, diagnostics=diagnostics)
 
 
@@ -356,6 +389,120 @@ def extra_drives_script(count: int) -> str:
     lines += [f"[ -n \"$EXTRA{i}\" ] || {{ echo 'no extra drive {i}' >&2; exit 1; }}"
               for i in range(count)]
     return "\n".join(lines) + "\n"
+
+
+# ---- control port --------------------------------------------------------------------------
+
+#: Guest shell side of the control port; put it at the top of a script.  ``ctl_send LINE``
+#: writes one line to the host; ``ctl_ask LINE`` writes it and blocks until the host replies,
+#: leaving the reply in ``$CTL_REPLY``; a reply of ``abort`` (the host test failed) ends the
+#: script at once with status 99 instead of running on against a host that gave up.
+#: The port is opened once (fd 3) and kept open: bytes that reach a closed tty are dropped.
+CONTROL_SCRIPT: Final = f"""\
+stty -F {CONTROL_TTY} raw -echo
+exec 3<> {CONTROL_TTY}
+ctl_send() {{ printf '%s\\n' "$*" >&3; }}
+ctl_ask() {{
+\tctl_send "$@"
+\tread -r CTL_REPLY <&3
+\t[ "$CTL_REPLY" != abort ] || {{ echo "host aborted at: $*" >&2; exit 99; }}
+}}
+"""
+
+
+class ControlChannel:
+    """Host end of a guest's control port: one line at a time, each wait with a deadline.
+
+    Listens on ``path`` from construction (QEMU connects as a client when it starts, see
+    :attr:`Guest.control_socket`); :meth:`accept` takes QEMU's connection.  Lines are UTF-8
+    without the newline.  Not thread-safe: one host thread talks, the guest runs in another.
+    """
+
+    def __init__(self, path: Path) -> None:
+        if len(str(path).encode()) > MAX_SOCKET_PATH:
+            raise GuestError(f"socket path longer than {MAX_SOCKET_PATH} bytes: {path}")
+        path.unlink(missing_ok=True)
+        self.path = path
+        self._listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        self._listener.bind(str(path))
+        self._listener.listen(1)
+        self._conn: socket.socket | None = None
+        self._buffer = b""
+        self.vmm_pid: int | None = None  # QEMU's pid, from the connection's peer credentials
+
+    def accept(self, timeout: float) -> None:
+        """Wait for QEMU to connect.  Raises GuestTimeout after ``timeout`` seconds."""
+        self._listener.settimeout(timeout)
+        try:
+            conn, _ = self._listener.accept()
+        except TimeoutError:
+            raise GuestTimeout(f"QEMU did not connect to {self.path} in {timeout:.0f}s") from None
+        creds = conn.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i"))
+        self.vmm_pid = struct.unpack("3i", creds)[0]
+        self._conn = conn
+
+    def receive(self, timeout: float) -> str:
+        """The guest's next line.  GuestTimeout after ``timeout`` s, GuestError on EOF."""
+        conn = self._connection()
+        deadline = time.monotonic() + timeout
+        while b"\n" not in self._buffer:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                raise GuestTimeout(f"no line from the guest within {timeout:.0f}s"
+                                   f" (partial: {self._buffer[-200:]!r})")
+            conn.settimeout(remaining)
+            try:
+                data = conn.recv(4096)
+            except TimeoutError:
+                continue  # the loop condition reports it
+            if not data:
+                raise GuestError("the guest's control port closed (QEMU exited)"
+                                 f" (partial: {self._buffer[-200:]!r})")
+            self._buffer += data
+            if len(self._buffer) > CONTROL_LINE_MAX and b"\n" not in self._buffer:
+                raise GuestError(f"control line longer than {CONTROL_LINE_MAX} bytes")
+        line, _, self._buffer = self._buffer.partition(b"\n")
+        return line.decode("utf-8", "replace")
+
+    def expect(self, expected: str, timeout: float) -> None:
+        """Receive one line and require it to be ``expected`` (GuestError otherwise)."""
+        line = self.receive(timeout)
+        if line != expected:
+            raise GuestError(f"guest said {line!r}, expected {expected!r}")
+
+    def send(self, line: str) -> None:
+        """Send one line (the guest's ``ctl_ask`` is blocked reading it)."""
+        if "\n" in line:
+            raise ValueError("one line at a time")
+        self._connection().sendall(line.encode() + b"\n")
+
+    def stop_vmm(self) -> None:
+        """End QEMU from the host (SIGTERM: QEMU exits 0 and says it was signalled).
+
+        For guests that cannot finish by themselves, e.g. after their daemon went away.
+        """
+        if self.vmm_pid is not None:
+            try:
+                os.kill(self.vmm_pid, signal.SIGTERM)
+            except ProcessLookupError:
+                pass  # already gone
+
+    def close(self) -> None:
+        if self._conn is not None:
+            self._conn.close()
+        self._listener.close()
+        self.path.unlink(missing_ok=True)
+
+    def _connection(self) -> socket.socket:
+        if self._conn is None:
+            raise GuestError("the control channel has no VMM connected (call accept first)")
+        return self._conn
+
+    def __enter__(self) -> ControlChannel:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
 
 
 # ---- daemons -------------------------------------------------------------------------------

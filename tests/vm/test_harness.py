@@ -8,6 +8,7 @@ daemon test can be trusted to be the daemon's.
 from __future__ import annotations
 
 import subprocess
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
@@ -96,3 +97,28 @@ def test_timeout_kills_qemu_and_reports_the_console() -> None:
     message = str(excinfo.value)
     assert "QEMU killed" in message
     assert "--- console (tail):" in message
+
+
+@pytest.mark.vm
+def test_control_port_round_trips_and_the_host_can_stop_the_vmm(socket_dir: Path) -> None:
+    # the guest blocks on the host's replies; after its last line it waits for good and
+    # only the host's stop ends the run (as when its daemon is gone)
+    script = vm.CONTROL_SCRIPT + (
+        'ctl_ask "hello $((6 * 7))"\n'
+        'ctl_ask "got $CTL_REPLY"\n'
+    )
+    reply = "x" * 300 + " spaces  kept"
+    with vm.ControlChannel(socket_dir / "ctl.sock") as channel, \
+            ThreadPoolExecutor(max_workers=1) as pool:
+        guest = pool.submit(vm.run_guest, script, timeout=60, control_socket=channel.path)
+        channel.accept(timeout=30)
+        channel.expect("hello 42", timeout=30)
+        channel.send(reply)
+        channel.expect(f"got {reply}", timeout=30)
+        channel.stop_vmm()
+        result = guest.result(timeout=30)
+
+    assert result.stopped_by_host
+    assert result.boots == ()  # /init never got to report
+    with pytest.raises(vm.GuestError, match="stopped before it finished"):
+        result.check()
