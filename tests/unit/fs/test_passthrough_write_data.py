@@ -18,7 +18,7 @@ from vhostfs.fs import hostfd
 from vhostfs.fs.passthrough_write import WritablePassthroughFilesystem
 from vhostfs.fuse import abi
 from vhostfs.fuse.abi import WRITE_KILL_SUIDGID
-from vhostfs.fuse.filesystem import ROOT_INO, SetAttr
+from vhostfs.fuse.filesystem import ROOT_INO, Context, SetAttr
 from vhostfs.fuse.server import FuseServer
 
 Op = abi.Opcode
@@ -224,6 +224,24 @@ async def test_overlay_xattrs(fs: WritablePassthroughFilesystem, tree: Path) -> 
     with pytest.raises(FsError) as bad:
         await fs.setxattr(ROOT, dir_ino, b"user.x", b"x", 1 << 4)
     assert bad.value.errno == errno.EINVAL
+
+
+async def test_listxattr_hides_trusted_from_unprivileged_callers(
+    fs: WritablePassthroughFilesystem,
+) -> None:
+    ino = await lookup(fs, "file")
+    await fs.setxattr(ROOT, ino, b"trusted.overlay.origin", b"x", 0)
+    await fs.setxattr(ROOT, ino, b"user.note", b"y", 0)
+
+    as_root = await fs.listxattr(ROOT, ino)
+    as_user = await fs.listxattr(USER, ino)
+    as_root_in_a_group = await fs.listxattr(Context(0, 1000, 1), ino)
+
+    assert {b"trusted.overlay.origin", b"user.note"} <= set(as_root)
+    assert set(as_root_in_a_group) == set(as_root)  # privilege follows the uid
+    assert b"user.note" in as_user
+    assert not [n for n in as_user if n.startswith(b"trusted.")]
+    assert set(as_root) - set(as_user) == {b"trusted.overlay.origin"}
 
 
 async def test_xattrs_on_whiteouts_and_symlinks(
