@@ -262,6 +262,15 @@ class MemoryFilesystem(Filesystem):
         entry = self._new(parent, name, stat.S_IFREG | (mode & ~umask & 0o7777))
         return entry, Opened(self._handle(entry.ino), direct_io=True)
 
+    async def tmpfile(self, ctx: Context, parent: Ino, mode: int, flags: int,
+                      umask: int) -> tuple[Entry, Opened]:  # fmt: skip
+        self._dir(parent)
+        ino = Ino(self._next_ino)
+        self._next_ino += 1
+        self.nodes[ino] = Node(ino, stat.S_IFREG | (mode & ~umask & 0o7777), nlink=0,
+                               parent=parent, uid=ctx.uid, gid=ctx.gid)  # fmt: skip
+        return self._entry(ino), Opened(self._handle(ino), direct_io=True)
+
     async def read(self, ctx: Context, ino: Ino, fh: FileHandle, offset: int,
                    bufs: Sequence[memoryview]) -> int:  # fmt: skip
         data = self._check_handle(ino, fh).data

@@ -35,6 +35,14 @@ sees data only when the guest flushes and host-side changes to sizes are ignored
 guest. With writeback on, files are opened O_RDWR (the guest reads to fill partial pages)
 and without O_APPEND (the guest computes append offsets itself).
 
+Unnamed files (O_TMPFILE): `tmpfile` opens the parent with O_TMPFILE as the caller. Such an
+inode has no name to reopen it by and, with no fd left, ceases to exist, so its node keeps
+an O_PATH "anchor" fd (outside the LRU) that every reopen goes through until the guest
+forgets the node or links it: `link` of any node goes through its /proc/self/fd magic link,
+which for an O_TMPFILE inode opened without O_EXCL gives it a name (with O_EXCL the host
+refuses, ENOENT, as the guest kernel already does). Once named, the anchor is dropped and
+the node is reopened like any other (file handle, else the new parent and name).
+
 Node bookkeeping: unlink/rmdir/rename-over detach the removed inode's (dev, ino) key from
 the node table, because ext4 reuses inode numbers; rename updates the moved node's parent
 and name, which the name fallback (no file handles) reopens by.
@@ -91,7 +99,8 @@ class WritablePassthroughFilesystem(PassthroughFilesystem):
         timeout: entry/attr timeout in seconds instead of the policy's (nydusd: 5.0).
         fd_cache, file_handles: as for PassthroughFilesystem.
 
-    Resource handling: as PassthroughFilesystem; rename and link briefly dup one node fd.
+    Resource handling: as PassthroughFilesystem, plus one O_PATH fd per unnamed (O_TMPFILE)
+    node until it is forgotten or linked; rename and link briefly dup one node fd.
     """
 
     def __init__(
@@ -107,12 +116,31 @@ class WritablePassthroughFilesystem(PassthroughFilesystem):
         super().__init__(root, cache, fd_cache=fd_cache, file_handles=file_handles,
                          timeout=timeout)  # fmt: skip
         self.writeback = writeback
+        self._anchors: dict[Ino, int] = {}  # unnamed (O_TMPFILE) node -> its O_PATH fd
 
     async def init(self) -> FsOptions:
         opts = await super().init()
         return dataclasses.replace(opts, writeback_cache=self.writeback, killpriv_v2=True)
 
     # --- helpers --------------------------------------------------------------------------
+
+    def _reopen(self, node: HostInode, flags: int = os.O_PATH) -> int:
+        anchor = self._anchors.get(node.node_id)
+        if anchor is None:
+            return super()._reopen(node, flags)
+        # An unnamed inode: its own fd is the only way back to it.
+        return os.open(f"/proc/self/fd/{anchor}", flags | os.O_CLOEXEC)
+
+    def forget(self, ino: Ino, nlookup: int) -> None:
+        super().forget(ino, nlookup)
+        if ino in self._anchors and not self.nodes.lookups(ino):
+            os.close(self._anchors.pop(ino))  # the host frees the inode once all fds close
+
+    def _drop_session(self) -> None:
+        super()._drop_session()
+        for fd in self._anchors.values():
+            os.close(fd)
+        self._anchors.clear()
 
     def _dir_node(self, ino: Ino) -> HostInode:
         node = self._node(ino)
@@ -180,6 +208,32 @@ class WritablePassthroughFilesystem(PassthroughFilesystem):
         fh = self.handles.add(OpenFile(fd, self._node(entry.ino)))
         return entry, self._opened(fh)
 
+    async def tmpfile(self, ctx: Context, parent: Ino, mode: int, flags: int,
+                      umask: int) -> tuple[Entry, Opened]:  # fmt: skip
+        pnode = self._dir_node(parent)
+        host = (self._host_flags(flags) & ~os.O_TMPFILE) | os.O_TMPFILE | (flags & os.O_EXCL)
+        pfd = self._fd(pnode)
+        with caller(ctx.uid, ctx.gid, umask):
+            # "." beneath the parent's fd: the directory itself, reached without a path walk.
+            fd = hostfd.open_beneath(pfd, b".", host, mode & _PERMS)
+        anchor = -1
+        try:
+            st = os.fstat(fd)
+            anchor = os.open(f"/proc/self/fd/{fd}", os.O_PATH | os.O_CLOEXEC)
+            key = (st.st_dev, st.st_ino)
+            # A brand-new inode: a node still keyed by this number is a stale one.
+            self.nodes.detach(key)
+            ino, node = self.nodes.ref(key, lambda: self._make_node(anchor, st, pnode, b""))
+        except BaseException:
+            os.close(fd)
+            if anchor >= 0:
+                os.close(anchor)
+            raise
+        node.node_id = ino
+        self._anchors[ino] = anchor
+        fh = self.handles.add(OpenFile(fd, node))
+        return Entry(ino, attr_of(st), self.timeout, self.timeout), self._opened(fh)
+
     async def mknod(self, ctx: Context, parent: Ino, name: bytes, mode: int, rdev: int,
                     umask: int) -> Entry:  # fmt: skip
         pnode = self._dir_node(parent)
@@ -221,7 +275,12 @@ class WritablePassthroughFilesystem(PassthroughFilesystem):
             # linkat(AT_SYMLINK_FOLLOW) of the magic link: links this very inode (a symlink
             # itself, not its target) and needs no CAP_DAC_READ_SEARCH, unlike AT_EMPTY_PATH.
             os.link(self._proc_path(node), new_name, dst_dir_fd=pfd, follow_symlinks=True)
-        return self._new_entry(pnode, new_name)
+        entry = self._new_entry(pnode, new_name)
+        anchor = self._anchors.pop(ino, None)
+        if anchor is not None:  # an O_TMPFILE inode got its first name: reopen by that
+            node.parent, node.name = pnode, new_name
+            os.close(anchor)
+        return entry
 
     # --- removing and renaming ------------------------------------------------------------
 

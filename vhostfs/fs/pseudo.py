@@ -279,6 +279,13 @@ class PseudoFilesystem(Filesystem):
         entry, opened = await fs.create(ctx, inner, name, mode, flags, umask)
         return self._entry(index, entry), opened
 
+    async def tmpfile(
+        self, ctx: Context, parent: Ino, mode: int, flags: int, umask: int
+    ) -> tuple[Entry, Opened]:
+        fs, index, inner = self._attached(parent)
+        entry, opened = await fs.tmpfile(ctx, inner, mode, flags, umask)
+        return self._entry(index, entry), opened
+
     async def read(
         self, ctx: Context, ino: Ino, fh: FileHandle, offset: int, bufs: Sequence[memoryview]
     ) -> int:

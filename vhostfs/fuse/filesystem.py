@@ -239,6 +239,16 @@ class Filesystem:
     ) -> tuple[Entry, Opened]:
         raise not_supported()
 
+    async def tmpfile(
+        self, ctx: Context, parent: Ino, mode: int, flags: int, umask: int
+    ) -> tuple[Entry, Opened]:
+        """An unnamed regular file in `parent` (open(O_TMPFILE)), created and opened.
+
+        The entry counts as a lookup. Unless `flags` has O_EXCL, a later `link` of the node
+        must give the file a name (linkat of the guest's fd); with O_EXCL it never can.
+        """
+        raise not_supported()
+
     async def read(
         self, ctx: Context, ino: Ino, fh: FileHandle, offset: int, bufs: Sequence[memoryview]
     ) -> int:
@@ -392,6 +402,11 @@ class ReadOnlyFilesystem(Filesystem):
 
     async def create(
         self, ctx: Context, parent: Ino, name: bytes, mode: int, flags: int, umask: int
+    ) -> tuple[Entry, Opened]:
+        raise read_only()
+
+    async def tmpfile(
+        self, ctx: Context, parent: Ino, mode: int, flags: int, umask: int
     ) -> tuple[Entry, Opened]:
         raise read_only()
 

@@ -7,7 +7,7 @@ arguments are read with the records' precompiled structs (no dataclass per reque
 hot paths); strings go through `requests`.
 
 Opcodes the guest may send but we do not implement (locks, ioctl, poll, bmap, DAX mappings,
-copy_file_range, tmpfile, statx) have no handler and get ENOSYS from the dispatcher.
+copy_file_range, statx) have no handler and get ENOSYS from the dispatcher.
 """
 
 from __future__ import annotations
@@ -181,6 +181,15 @@ class Operations:
         flags, mode, umask, _ = abi.CreateIn.STRUCT.unpack(reader.read(abi.CreateIn.SIZE))
         name = one_name(reader)
         new, handle = await self.fs.create(ctx, _ino(nodeid), name, mode, flags, umask)
+        return replies.created(writer, unique, new, handle)
+
+    async def tmpfile(self, unique: int, nodeid: int, ctx: Context,
+                      reader: ChainReader, writer: ChainWriter) -> int:  # fmt: skip
+        # Laid out as CREATE (Linux fuse_create_open): the name is the VFS's placeholder
+        # for the unnamed dentry ("/"), required to be there but meaningless.
+        flags, mode, umask, _ = abi.CreateIn.STRUCT.unpack(reader.read(abi.CreateIn.SIZE))
+        cstrings(rest(reader), 1)
+        new, handle = await self.fs.tmpfile(ctx, _ino(nodeid), mode, flags, umask)
         return replies.created(writer, unique, new, handle)
 
     async def read(self, unique: int, nodeid: int, ctx: Context,
@@ -379,5 +388,5 @@ _IMPLEMENTED: Final = (
     Op.UNLINK, Op.RMDIR, Op.RENAME, Op.RENAME2, Op.LINK, Op.OPEN, Op.CREATE, Op.READ,
     Op.WRITE, Op.FLUSH, Op.RELEASE, Op.FSYNC, Op.FALLOCATE, Op.LSEEK, Op.SYNCFS, Op.STATFS,
     Op.ACCESS, Op.SETXATTR, Op.GETXATTR, Op.LISTXATTR, Op.REMOVEXATTR, Op.OPENDIR,
-    Op.READDIR, Op.READDIRPLUS, Op.RELEASEDIR, Op.FSYNCDIR,
+    Op.READDIR, Op.READDIRPLUS, Op.RELEASEDIR, Op.FSYNCDIR, Op.TMPFILE,
 )  # fmt: skip

@@ -12,7 +12,7 @@ from tests.support import fuseclient
 from tests.support.fuseclient import call, cstr, raw
 from tests.support.memoryfs import MemoryFilesystem
 from vhostfs.fuse import abi
-from vhostfs.fuse.filesystem import FsOptions
+from vhostfs.fuse.filesystem import Filesystem, FsOptions
 from vhostfs.fuse.server import FuseServer
 
 Op = abi.Opcode
@@ -269,6 +269,41 @@ async def test_create(server: FuseServer, memfs: MemoryFilesystem) -> None:
     assert again.error == -errno.EEXIST
 
 
+async def test_tmpfile(server: FuseServer, memfs: MemoryFilesystem) -> None:
+    # Laid out as the Linux guest sends it: fuse_create_in, then the VFS's "/" placeholder.
+    args = abi.CreateIn(os.O_TMPFILE | os.O_RDWR, stat.S_IFREG | 0o666, 0o022, 0).pack()
+    header = fuseclient.in_header(Op.TMPFILE, 1, len(args) + 2, uid=1000, gid=100)
+    reply = await raw(server, [header, args, b"/\0"], [16, 128, 16])
+    assert reply.used == 16 + 128 + 16 and reply.error == 0
+    out = entry_of(reply.payload)
+    opened = abi.OpenOut.unpack_from(reply.payload, 128)
+    assert (out.attr_mode, out.attr_nlink) == (stat.S_IFREG | 0o644, 0)
+    assert (out.attr_uid, out.attr_gid) == (1000, 100)
+    assert opened.open_flags == abi.OpenOutFlags.DIRECT_IO
+    assert memfs.handles[opened.fh] == out.nodeid and memfs.lookups[out.nodeid] == 1
+    assert memfs.nodes[1].children == {}  # unnamed until linked
+    link = await call(server, Op.LINK, 1, abi.LinkIn(out.nodeid).pack() + b"named\0")
+    assert link.error == 0 and entry_of(link.payload).nodeid == out.nodeid
+    assert memfs.nodes[1].children == {b"named": out.nodeid}
+
+
+@pytest.mark.parametrize("name", [b"", b"/", b"/\0x\0"], ids=["none", "no-nul", "two"])
+async def test_tmpfile_malformed_name(server: FuseServer, memfs: MemoryFilesystem,
+                                      name: bytes) -> None:  # fmt: skip
+    args = abi.CreateIn(os.O_TMPFILE | os.O_RDWR, stat.S_IFREG | 0o600, 0, 0).pack() + name
+    reply = await call(server, Op.TMPFILE, 1, args)
+    assert reply.header == abi.OutHeader(16, -errno.EINVAL, 2)
+    assert len(memfs.nodes) == 1 and memfs.handles == {}
+
+
+async def test_tmpfile_on_a_filesystem_without_it() -> None:
+    srv = FuseServer(Filesystem())
+    await fuseclient.init(srv)
+    args = abi.CreateIn(os.O_TMPFILE | os.O_RDWR, stat.S_IFREG | 0o600, 0, 0).pack() + b"/\0"
+    reply = await call(srv, Op.TMPFILE, 1, args)
+    assert reply.header == abi.OutHeader(16, -errno.ENOSYS, 2)  # the guest: EOPNOTSUPP
+
+
 async def test_flush_fsync_fallocate(server: FuseServer, memfs: MemoryFilesystem) -> None:
     ino = memfs.add_file(b"f")
     fh = await open_file(server, ino)
@@ -442,7 +477,7 @@ async def test_opendir_on_file(server: FuseServer, memfs: MemoryFilesystem) -> N
 @pytest.mark.parametrize(
     "op",
     [Op.GETLK, Op.SETLK, Op.SETLKW, Op.IOCTL, Op.POLL, Op.BMAP, Op.COPY_FILE_RANGE,
-     Op.TMPFILE, Op.STATX, Op.SETUPMAPPING, Op.REMOVEMAPPING, Op.NOTIFY_REPLY, 7, 99, 4096],
+     Op.STATX, Op.SETUPMAPPING, Op.REMOVEMAPPING, Op.NOTIFY_REPLY, 7, 99, 4096],
 )  # fmt: skip
 async def test_unsupported_opcodes_are_enosys(server: FuseServer, op: int) -> None:
     reply = await call(server, op, 1, bytes(40), unique=10)
