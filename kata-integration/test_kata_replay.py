@@ -286,16 +286,22 @@ ctl_ask "sandbox-ready $(grep " ${{SHARED%/}} virtiofs " /proc/mounts | cut -d' 
 
 def replay_script(runtime: Runtime) -> str:
     return guest_prologue(runtime) + f"""\
+# containers are created one at a time: the host mounts an image, then the agent its overlay
 start_container {C1} {shlex.quote(overlay_options(C1))}
-start_container {C2} {shlex.quote(overlay_options(C2))}
 in_container {C1} '/bin/hello > /hello.txt && rm /etc/motd'
+sync
+ctl_ask c1-running
+start_container {C2} {shlex.quote(overlay_options(C2))}
 in_container {C2} '/bin/hello > /hello.txt'
 start_sleeper {C2}
 sync
-ctl_ask "containers-running $(readlink /proc/$sleeper/exe)"
+ctl_ask "c2-running $(readlink /proc/$sleeper/exe)"
 # container 1 stops: its processes are gone, the agent unmounts its storage
 umount "$SHARED/containers/{C1}/rootfs"
 ctl_ask c1-stopped
+# the image is gone from the share at once (the daemon's pseudo directories are never
+# cached by the guest; Kata does not depend on it)
+[ ! -e "$SHARED/rafs/{C1}/lowerdir" ]
 # container 2 still runs, reads its image and writes (an exec into it)
 kill -0 $sleeper
 in_container {C2} 'echo "$(cat /etc/image-name) $(sha256sum /bin/busybox | cut -d" " -f1)" \
@@ -374,15 +380,20 @@ def test_kata_replay(sandbox: Sandbox, images: Images, guest_ready: None,
             share_options = step(ctl, "sandbox-ready").split(",")
             assert ("nodev" in share_options) == ("nodev" in runtime.share_options)
             snap1 = create_container(box, images, C1, images.alpha)
+            assert backends(box) == rafs_backends(C1)
+            ctl.send("go")
+
+            step(ctl, "c1-running")
+            assert (snap1 / "fs" / "hello.txt").read_text() == f"hello from alpha, {hello}"
+            assert is_whiteout(snap1 / "fs" / "etc" / "motd")  # deleted from the image
+            # the second image is mounted while the guest uses the first
             snap2 = create_container(box, images, C2, images.beta)
             assert backends(box) == rafs_backends(C1, C2)
             ctl.send("go")
 
-            exe = step(ctl, "containers-running")
+            exe = step(ctl, "c2-running")
             assert exe == f"{guest_rootfs(C2)}/bin/busybox"  # the image's, not the guest's
-            assert (snap1 / "fs" / "hello.txt").read_text() == f"hello from alpha, {hello}"
             assert (snap2 / "fs" / "hello.txt").read_text() == f"hello from beta, {hello}"
-            assert is_whiteout(snap1 / "fs" / "etc" / "motd")  # deleted from the image
             assert not (snap2 / "fs" / "etc").exists()  # container 2 changed nothing there
             # both images were read through the blob cache their config string named
             blob_ids = {blob.name for blob in images.blobs.iterdir()}
@@ -458,6 +469,10 @@ def test_sigterm_with_guest_connected(sandbox: Sandbox, images: Images, guest_re
 start_container {C1} {shlex.quote(overlay_options(C1))}
 in_container {C1} '/bin/hello > /hello.txt'
 start_sleeper {C1}
+# requests in flight when the daemon is told to stop: appends and syncs through the overlay
+busy=$SHARED/containers/{C1}/rootfs/busy.log
+echo x > "$busy"
+while :; do echo x >> "$busy"; sync; done &
 sync
 ctl_ask container-running
 """
@@ -470,6 +485,7 @@ ctl_ask container-running
             step(ctl, "container-running")
             assert (snapshot / "fs" / "hello.txt").read_text().startswith("hello from alpha")
             assert backends(box) == rafs_backends(C1)
+            assert (snapshot / "fs" / "busy.log").exists()  # the guest is busy on the share
             stop_daemon(daemon)  # the guest is connected, both mounts are active
             ctl.stop_vmm()
             result = guest.result(timeout=STEP_TIMEOUT)
