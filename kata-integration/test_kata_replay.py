@@ -330,6 +330,7 @@ def guest_session(runtime: Runtime, script: str, box: Sandbox, config: KataConfi
             ThreadPoolExecutor(max_workers=1) as pool:
         guest = pool.submit(vm.run_guest, script, fs_devices=[device], timeout=GUEST_TIMEOUT,
                             control_socket=channel.path)
+        guest.add_done_callback(lambda _: channel.cancel_accept())  # QEMU failed to start
         try:
             channel.accept(BOOT_TIMEOUT)
             yield channel, guest

@@ -47,6 +47,7 @@ import functools
 import os
 import re
 import secrets
+import select
 import shlex
 import shutil
 import signal
@@ -428,15 +429,22 @@ class ControlChannel:
         self._listener.listen(1)
         self._conn: socket.socket | None = None
         self._buffer = b""
+        self._wake_r, self._wake_w = socket.socketpair()  # cancel_accept -> accept returns
         self.vmm_pid: int | None = None  # QEMU's pid, from the connection's peer credentials
 
     def accept(self, timeout: float) -> None:
-        """Wait for QEMU to connect.  Raises GuestTimeout after ``timeout`` seconds."""
-        self._listener.settimeout(timeout)
-        try:
-            conn, _ = self._listener.accept()
-        except TimeoutError:
-            raise GuestTimeout(f"QEMU did not connect to {self.path} in {timeout:.0f}s") from None
+        """Wait for QEMU to connect.
+
+        Raises:
+            GuestTimeout: nothing connected within ``timeout`` seconds.
+            GuestError: :meth:`cancel_accept` was called (e.g. the guest run already ended).
+        """
+        ready, _, _ = select.select([self._listener, self._wake_r], [], [], timeout)
+        if self._listener not in ready:
+            if ready:
+                raise GuestError(f"gave up waiting for QEMU on {self.path} (run ended)")
+            raise GuestTimeout(f"QEMU did not connect to {self.path} in {timeout:.0f}s")
+        conn, _ = self._listener.accept()
         creds = conn.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i"))
         self.vmm_pid = struct.unpack("3i", creds)[0]
         self._conn = conn
@@ -476,6 +484,17 @@ class ControlChannel:
             raise ValueError("one line at a time")
         self._connection().sendall(line.encode() + b"\n")
 
+    def cancel_accept(self) -> None:
+        """Make a pending or later :meth:`accept` give up; safe from any thread.
+
+        Hook it to the guest's thread (``future.add_done_callback``) so a QEMU that fails
+        to start ends the wait at once.
+        """
+        try:
+            self._wake_w.send(b"x")
+        except OSError:
+            pass  # closed: nobody is waiting any more
+
     def stop_vmm(self) -> None:
         """End QEMU from the host (SIGTERM: QEMU exits 0 and says it was signalled).
 
@@ -491,6 +510,8 @@ class ControlChannel:
         if self._conn is not None:
             self._conn.close()
         self._listener.close()
+        self._wake_r.close()
+        self._wake_w.close()
         self.path.unlink(missing_ok=True)
 
     def _connection(self) -> socket.socket:

@@ -122,3 +122,18 @@ def test_control_port_round_trips_and_the_host_can_stop_the_vmm(socket_dir: Path
     assert result.boots == ()  # /init never got to report
     with pytest.raises(vm.GuestError, match="stopped before it finished"):
         result.check()
+
+
+def test_control_port_wait_ends_when_the_run_does(socket_dir: Path) -> None:
+    # no QEMU ever starts (no daemon at the device's socket): accept must not sit out its
+    # deadline
+    device = vm.VirtioFsDevice(socket_path=socket_dir / "missing.sock", tag="share")
+    with vm.ControlChannel(socket_dir / "ctl.sock") as channel, \
+            ThreadPoolExecutor(max_workers=1) as pool:
+        guest = pool.submit(vm.run_guest, "true", fs_devices=[device],
+                            control_socket=channel.path)
+        guest.add_done_callback(lambda _: channel.cancel_accept())
+        with pytest.raises(vm.GuestError, match="run ended"):
+            channel.accept(timeout=600)
+        with pytest.raises(vm.GuestError, match="no daemon socket"):
+            guest.result(timeout=30)
