@@ -70,6 +70,7 @@ echo "hello from $(cat /etc/image-name), busybox with $(busybox --list | wc -l) 
 BOOT_TIMEOUT: Final = 90.0  # QEMU start to the guest's first line (TCG, shared machine)
 STEP_TIMEOUT: Final = 60.0  # one guest step
 GUEST_TIMEOUT: Final = 240.0  # the whole guest run; the harness kills QEMU after it
+ABORT_GRACE: Final = 10.0  # for a guest told to abort to reach its next ctl_ask
 C1: Final = hashlib.sha256(b"container-1").hexdigest()  # container ids look like Kata's
 C2: Final = hashlib.sha256(b"container-2").hexdigest()
 
@@ -330,7 +331,8 @@ def guest_session(runtime: Runtime, script: str, box: Sandbox, config: KataConfi
             ThreadPoolExecutor(max_workers=1) as pool:
         guest = pool.submit(vm.run_guest, script, fs_devices=[device], timeout=GUEST_TIMEOUT,
                             control_socket=channel.path)
-        guest.add_done_callback(lambda _: channel.cancel_accept())  # QEMU failed to start
+        # a run that ends before QEMU connects (QEMU or the device failed) ends the wait
+        guest.add_done_callback(lambda _: channel.cancel_accept())
         try:
             channel.accept(BOOT_TIMEOUT)
             yield channel, guest
@@ -341,10 +343,12 @@ def guest_session(runtime: Runtime, script: str, box: Sandbox, config: KataConfi
 
 def _abort(channel: vm.ControlChannel, guest: Future[vm.GuestResult],
            exc: BaseException) -> None:
+    """End the guest after a host-side failure and attach what it said to `exc`."""
     try:
-        channel.send("abort")
-    except (OSError, vm.GuestError):
-        channel.stop_vmm()
+        channel.send("abort")  # the guest exits at its next ctl_ask, with its output
+        guest.exception(timeout=ABORT_GRACE)
+    except (OSError, vm.GuestError, TimeoutError):
+        channel.stop_vmm()  # not listening (stuck, or never connected)
     try:
         exc.add_note(guest.result(timeout=STEP_TIMEOUT).explain())
     except Exception as guest_exc:  # the guest's own failure is the more useful note
