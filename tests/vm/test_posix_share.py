@@ -28,11 +28,8 @@ from tests.support import vm, writable_daemon
 from tests.vm.conftest import StartShare
 
 #: Known failures over our share (both cache modes), case name -> reason; see the docs.
-KNOWN_FAILURES: dict[str, str] = {
-    "tmpfile/linkat": "FUSE_TMPFILE has no handler (ENOSYS); the guest reports EOPNOTSUPP",
-    "tmpfile/excl_and_listing": "FUSE_TMPFILE has no handler (ENOSYS), as above",
-    "perm/xattr_access": "LISTXATTR shows trusted.* names to unprivileged callers",
-}
+#: None since FUSE_TMPFILE is served and LISTXATTR hides trusted.* from non-root callers.
+KNOWN_FAILURES: dict[str, str] = {}
 
 #: Extra known failures with the guest's writeback cache on (same with the C virtiofsd at
 #: cache=auto): the guest keeps cached attributes, st_blocks included, across its own
