@@ -41,7 +41,7 @@ def _read(size: int) -> Workload:
     def run(fuse: FuseDriver, seconds: float, k: int) -> throughput.Throughput:
         entry = fuse.lookup(abi.ROOT_ID, FILE)
         fh = fuse.open(entry.nodeid).fh
-        return throughput.bench_read(fuse, entry.nodeid, fh, entry.attr_size, size, k, seconds)
+        return throughput.bench_read(fuse, entry.nodeid, fh, entry.attr.size, size, k, seconds)
 
     return run
 

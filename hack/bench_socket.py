@@ -75,7 +75,7 @@ def _workloads(
     entry = fuse.lookup(abi.ROOT_ID, FILE)
     fh = fuse.open(entry.nodeid).fh
     dir_id = fuse.lookup(abi.ROOT_ID, DIRECTORY).nodeid
-    size = entry.attr_size
+    size = entry.attr.size
 
     def read(n: int) -> Callable[[], throughput.Throughput]:
         return lambda: throughput.bench_read(fuse, entry.nodeid, fh, size, n, k, duration=seconds)

@@ -87,3 +87,49 @@ class Record:
 
     def validate(self) -> None:
         """Raise the owning package's error if a field holds an impossible value."""
+
+
+class Composite:
+    """A layout of records laid end to end (a C struct that embeds other structs).
+
+    Each part stays declared once, as its own Record; the composite is a frozen dataclass
+    whose fields are the decoded parts, in order::
+
+        @dataclass(frozen=True, slots=True)
+        class EntryOut(Composite, parts=(EntryOutHead, Attr)):
+            head: EntryOutHead
+            attr: Attr
+
+    `STRUCT` is the parts' formats joined (all little-endian, no alignment), for encoders
+    that pack a flat tuple of values in one call.
+    """
+
+    __slots__ = ()
+
+    PARTS: ClassVar[tuple[type[Record], ...]]
+    STRUCT: ClassVar[struct.Struct]
+    SIZE: ClassVar[int]
+
+    def __init_subclass__(cls, parts: tuple[type[Record], ...] = (), **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        if parts:
+            cls.PARTS = parts
+            cls.STRUCT = struct.Struct("<" + "".join(p.STRUCT.format.lstrip("<") for p in parts))
+            cls.SIZE = cls.STRUCT.size
+
+    @classmethod
+    def unpack_from(cls, buf: Buffer, offset: int = 0) -> Self:
+        values = []
+        for part in cls.PARTS:
+            values.append(part.unpack_from(buf, offset))
+            offset += part.SIZE
+        return cls(*values)
+
+    @classmethod
+    def unpack(cls, data: Buffer) -> Self:
+        if len(memoryview(data)) != cls.SIZE:
+            raise RecordError(f"{cls.__name__}: expected {cls.SIZE} bytes")
+        return cls.unpack_from(data)
+
+    def pack(self) -> bytes:
+        return b"".join(getattr(self, f.name).pack() for f in fields(self))  # type: ignore[arg-type]

@@ -107,7 +107,7 @@ async def test_bad_chain_is_returned_empty_and_the_ring_goes_on(
             ring.post_raw(make(frontend), 0)
             queue.flush()
             used = queue.wait(frontend.deadline())
-            return used, fuse.lookup(ROOT_INO, b"file").attr_size
+            return used, fuse.lookup(ROOT_INO, b"file").attr.size
 
     used, size = await trio.to_thread.run_sync(run)
     assert used == [(0, 0)]  # the bad chain came back, nothing written
@@ -129,7 +129,7 @@ async def test_fuse_header_that_lies_gets_an_error_reply(socket_path: str) -> No
             used = queue.wait(frontend.deadline())
             error = int.from_bytes(frontend.mem.buf[descs[1].addr + 4 : descs[1].addr + 8],
                                    "little", signed=True)  # fmt: skip
-            assert fuse.lookup(ROOT_INO, b"file").attr_size == len(b"still here")
+            assert fuse.lookup(ROOT_INO, b"file").attr.size == len(b"still here")
             return used, error
 
     used, error = await trio.to_thread.run_sync(run)

@@ -51,7 +51,7 @@ def read_file(fuse: FuseDriver) -> bytes:
     fuse.init()
     d = fuse.lookup(ROOT_INO, b"dir")
     f = fuse.lookup(d.nodeid, b"file")
-    assert f.attr_size == len(CONTENT)
+    assert f.attr.size == len(CONTENT)
     opened = fuse.open(f.nodeid)
     data = fuse.read(f.nodeid, opened.fh, 0, 1 << 20)
     fuse.release(f.nodeid, opened.fh)

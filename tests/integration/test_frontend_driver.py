@@ -74,9 +74,9 @@ def test_fuse_session(virtiofsd: CVirtiofsd, tree: Path, in_flight: int) -> None
         assert (init.major, init.minor, init.max_pages) == (7, 36, 256)
 
         entry = fuse.lookup(abi.ROOT_ID, b"file")
-        assert entry.attr_size == FILE_SIZE
+        assert entry.attr.size == FILE_SIZE
         attr = fuse.getattr(entry.nodeid)
-        assert (attr.attr_ino, attr.attr_size) == (entry.attr_ino, FILE_SIZE)
+        assert (attr.attr.ino, attr.attr.size) == (entry.attr.ino, FILE_SIZE)
         fh = fuse.open(entry.nodeid).fh
         expected = (tree / "file").read_bytes()
         assert read_file(fuse, entry.nodeid, fh, 128 << 10, in_flight) == expected
@@ -98,7 +98,7 @@ def test_fuse_session(virtiofsd: CVirtiofsd, tree: Path, in_flight: int) -> None
             for i in range(ENTRIES)
         ]
         replies = fuse.run_many(lookups, in_flight)
-        sizes = [abi.EntryOut.unpack(r.ok().payload).attr_size for r in replies]
+        sizes = [abi.EntryOut.unpack(r.ok().payload).attr.size for r in replies]
         assert sizes == list(range(ENTRIES))
         for r in replies:
             assert fuse.forget(abi.EntryOut.unpack(r.payload).nodeid, 1) == 0
@@ -240,7 +240,7 @@ def test_hand_made_chain(virtiofsd: CVirtiofsd) -> None:
         assert frontend.queue(1).wait(frontend.deadline()) == [(5, 80)]
         header = OutHeader.unpack_from(mem.buf, out)
         assert (header.len, header.error, header.unique) == (80, 0, 42)
-        assert fuse.lookup(abi.ROOT_ID, b"file").attr_size == FILE_SIZE
+        assert fuse.lookup(abi.ROOT_ID, b"file").attr.size == FILE_SIZE
 
 
 def test_index_wraparound_and_throughput_loops(virtiofsd: CVirtiofsd) -> None:

@@ -364,8 +364,8 @@ def parse_dirents(data: bytes, plus: bool) -> list[Dirent]:
     while pos + head.SIZE <= len(data):
         if plus:
             h = abi.DirentplusHeader.unpack_from(data, pos)
-            entry: abi.EntryOut | None = abi.EntryOut.unpack_from(data, pos)
-            ino, off, namelen, typ = h.ino, h.off, h.namelen, h.type
+            entry: abi.EntryOut | None = abi.EntryOut(h.head, h.attr)
+            ino, off, namelen, typ = h.dirent.ino, h.dirent.off, h.dirent.namelen, h.dirent.type
         else:
             d = abi.DirentHeader.unpack_from(data, pos)
             entry, ino, off, namelen, typ = None, d.ino, d.off, d.namelen, d.type

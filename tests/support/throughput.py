@@ -222,7 +222,7 @@ def run_suite(
     for k in in_flight:
         for size in (128 << 10, 4 << 10):
             results.append(
-                bench_read(fuse, entry.nodeid, fh, entry.attr_size, size, k, duration=seconds)
+                bench_read(fuse, entry.nodeid, fh, entry.attr.size, size, k, duration=seconds)
             )
         results.append(bench_lookup_getattr(fuse, abi.ROOT_ID, file, k, duration=seconds))
         results.append(bench_readdirplus(fuse, dir_id, k, duration=seconds))

@@ -17,7 +17,7 @@ import enum
 from dataclasses import dataclass
 from typing import Final
 
-from rafs.records import Record
+from rafs.records import Composite, Record
 
 KERNEL_VERSION: Final = 7  # major protocol version (fuse.h FUSE_KERNEL_VERSION)
 ROOT_ID: Final = 1  # node id of the root (FUSE_ROOT_ID)
@@ -316,96 +316,40 @@ class EntryOutHead(Record, fmt="<" + ENTRY_FMT):
 
 
 @dataclass(frozen=True, slots=True)
-class AttrOut(Record, fmt="<QII" + ATTR_FMT):
-    """fuse_attr_out (104 bytes): AttrOutHead then the fuse_attr, flattened."""
-
-    attr_valid: int  # seconds
-    attr_valid_nsec: int
-    dummy: int
-    attr_ino: int
-    attr_size: int  # bytes
-    attr_blocks: int  # 512-byte units
-    attr_atime: int  # seconds
-    attr_mtime: int
-    attr_ctime: int
-    attr_atimensec: int
-    attr_mtimensec: int
-    attr_ctimensec: int
-    attr_mode: int
-    attr_nlink: int
-    attr_uid: int
-    attr_gid: int
-    attr_rdev: int
-    attr_blksize: int
-    attr_flags: int
-
-
-@dataclass(frozen=True, slots=True)
-class EntryOut(Record, fmt="<" + ENTRY_FMT + ATTR_FMT):
-    """fuse_entry_out (128 bytes): EntryOutHead then the fuse_attr, flattened."""
-
-    nodeid: int
-    generation: int
-    entry_valid: int  # seconds
-    attr_valid: int  # seconds
-    entry_valid_nsec: int
-    attr_valid_nsec: int
-    attr_ino: int
-    attr_size: int  # bytes
-    attr_blocks: int  # 512-byte units
-    attr_atime: int  # seconds
-    attr_mtime: int
-    attr_ctime: int
-    attr_atimensec: int
-    attr_mtimensec: int
-    attr_ctimensec: int
-    attr_mode: int
-    attr_nlink: int
-    attr_uid: int
-    attr_gid: int
-    attr_rdev: int
-    attr_blksize: int
-    attr_flags: int
-
-
-@dataclass(frozen=True, slots=True)
-class DirentplusHeader(Record, fmt="<" + ENTRY_FMT + ATTR_FMT + DIRENT_FMT):
-    """fuse_direntplus before the name (152 bytes): EntryOut then DirentHeader, flattened."""
-
-    nodeid: int
-    generation: int
-    entry_valid: int  # seconds
-    attr_valid: int  # seconds
-    entry_valid_nsec: int
-    attr_valid_nsec: int
-    attr_ino: int
-    attr_size: int  # bytes
-    attr_blocks: int  # 512-byte units
-    attr_atime: int  # seconds
-    attr_mtime: int
-    attr_ctime: int
-    attr_atimensec: int
-    attr_mtimensec: int
-    attr_ctimensec: int
-    attr_mode: int
-    attr_nlink: int
-    attr_uid: int
-    attr_gid: int
-    attr_rdev: int
-    attr_blksize: int
-    attr_flags: int
-    ino: int  # d_ino
-    off: int  # cookie that resumes after this entry
-    namelen: int
-    type: int  # DT_*
-
-
-@dataclass(frozen=True, slots=True)
 class DirentHeader(Record, fmt="<" + DIRENT_FMT):
     ino: int  # d_ino
     off: int  # cookie that resumes after this entry
     namelen: int  # bytes, no terminator
     type: int  # DT_*
+
+
+@dataclass(frozen=True, slots=True)
+class AttrOut(Composite, parts=(AttrOutHead, Attr)):
+    """fuse_attr_out (104 bytes)."""
+
+    head: AttrOutHead
+    attr: Attr
+
+
+@dataclass(frozen=True, slots=True)
+class EntryOut(Composite, parts=(EntryOutHead, Attr)):
+    """fuse_entry_out (128 bytes)."""
+
+    head: EntryOutHead
+    attr: Attr
+
+    @property
+    def nodeid(self) -> int:
+        return self.head.nodeid
+
+
+@dataclass(frozen=True, slots=True)
+class DirentplusHeader(Composite, parts=(EntryOutHead, Attr, DirentHeader)):
+    """fuse_direntplus before the name (152 bytes): fuse_entry_out, then fuse_dirent."""
+
+    head: EntryOutHead
+    attr: Attr
+    dirent: DirentHeader
 
 
 # --- requests with fixed arguments -----------------------------------------------------------

@@ -11,19 +11,18 @@ Raises ChainError (from the writer) when the guest's writable buffer is too smal
 
 from __future__ import annotations
 
-import dataclasses
 import operator
 import struct
 from collections.abc import Callable
 from typing import Final
 
-from rafs.records import Record
+from rafs.records import Composite, Record
 from vhostfs.fuse import abi
 from vhostfs.fuse.filesystem import Attr, Entry, Opened, StatFs
 from vhostfs.virtio.buffers import ChainWriter
 
 
-def _compose(*records: type[Record]) -> struct.Struct:
+def _compose(*records: type[Record] | type[Composite]) -> struct.Struct:
     """One struct for records laid out back to back (all little-endian, no gaps)."""
     return struct.Struct("<" + "".join(r.STRUCT.format.lstrip("<") for r in records))
 
@@ -151,7 +150,7 @@ def dirent(buf: bytearray, ino: int, off: int, dtype: int, name: bytes) -> None:
         buf += bytes(pad)
 
 
-_NO_ENTRY: Final = (0,) * len(dataclasses.fields(abi.EntryOut))
+_NO_ENTRY: Final = (0,) * len(ENTRY.unpack(bytes(ENTRY.size)))
 
 
 def direntplus(

@@ -74,7 +74,7 @@ async def test_readdirplus_of_a_huge_directory(fs: PassthroughFilesystem) -> Non
             break
         pos = 0
         while pos < len(reply.payload):
-            rec = abi.DirentplusHeader.unpack_from(reply.payload, pos)
+            rec = abi.DirentplusHeader.unpack_from(reply.payload, pos).dirent
             start = pos + abi.DirentplusHeader.SIZE
             names.append(reply.payload[start : start + rec.namelen])
             offset = rec.off

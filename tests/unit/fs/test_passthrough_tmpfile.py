@@ -176,7 +176,7 @@ async def test_tmpfile_through_fuse(tree: Path) -> None:
     assert reply.error == 0 and reply.used == 16 + 128 + 16
     entry = abi.EntryOut.unpack_from(reply.payload)
     fh = abi.OpenOut.unpack_from(reply.payload, abi.EntryOut.SIZE).fh
-    assert entry.attr_nlink == 0 and (entry.attr_uid, entry.attr_gid) == (1000, 1000)
+    assert entry.attr.nlink == 0 and (entry.attr.uid, entry.attr.gid) == (1000, 1000)
     args = abi.WriteIn(fh, 0, 3, 0, 0, os.O_RDWR, 0).pack() + b"abc"
     assert (await fuseclient.call(server, Op.WRITE, entry.nodeid, args, out=8)).error == 0
     args = abi.LinkIn(entry.nodeid).pack() + b"linked\0"

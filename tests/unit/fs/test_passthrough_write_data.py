@@ -269,7 +269,7 @@ async def test_overlay_upper_ops_through_fuse(tree: Path) -> None:
     assert not init.flags & abi.InitFlags.WRITEBACK_CACHE
     args = abi.MknodIn(WHITEOUT, 0, 0o022, 0).pack() + b"wh\0"
     reply = await fuseclient.call(server, Op.MKNOD, 1, args)
-    assert reply.error == 0 and stat.S_ISCHR(abi.EntryOut.unpack_from(reply.payload).attr_mode)
+    assert reply.error == 0 and stat.S_ISCHR(abi.EntryOut.unpack_from(reply.payload).attr.mode)
     value = b"y"
     args = abi.SetxattrInCompat(len(value), 0).pack() + b"trusted.overlay.opaque\0" + value
     assert (await fuseclient.call(server, Op.SETXATTR, 1, args)).error == 0

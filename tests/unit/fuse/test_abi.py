@@ -90,15 +90,18 @@ def test_init_out_offsets() -> None:
 
 
 def test_entry_out_embeds_attr_at_40() -> None:
-    values = list(range(1, 23))
-    raw = abi.EntryOut(*values).pack()
+    raw = abi.EntryOut.STRUCT.pack(*range(1, 23))
     attr = abi.Attr.unpack_from(raw, 40)
     assert attr.ino == 7 and attr.flags == 22
+    decoded = abi.EntryOut.unpack(raw)
+    assert decoded.nodeid == 1 and decoded.attr == attr
+    assert decoded.pack() == raw
 
 
 def test_direntplus_dirent_at_128() -> None:
-    raw = abi.DirentplusHeader(*range(1, 27)).pack()
+    raw = abi.DirentplusHeader.STRUCT.pack(*range(1, 27))
     assert abi.DirentHeader.unpack_from(raw, 128) == abi.DirentHeader(23, 24, 25, 26)
+    assert abi.DirentplusHeader.unpack(raw).dirent == abi.DirentHeader(23, 24, 25, 26)
 
 
 def test_decode_init_in_all_forms() -> None:

@@ -36,9 +36,9 @@ async def test_lookup(server: FuseServer, memfs: MemoryFilesystem) -> None:
     reply = await call(server, Op.LOOKUP, 1, b"hello\0")
     assert reply.used == 16 + 128 and reply.header == abi.OutHeader(144, 0, 2)
     out = entry_of(reply.payload)
-    assert (out.nodeid, out.attr_ino, out.attr_size) == (ino, ino, 5)
-    assert (out.entry_valid, out.entry_valid_nsec, out.attr_valid) == (1, 0, 1)
-    assert stat.S_ISREG(out.attr_mode)
+    assert (out.nodeid, out.attr.ino, out.attr.size) == (ino, ino, 5)
+    assert (out.head.entry_valid, out.head.entry_valid_nsec, out.head.attr_valid) == (1, 0, 1)
+    assert stat.S_ISREG(out.attr.mode)
     assert memfs.lookups[ino] == 1
 
 
@@ -80,7 +80,7 @@ async def test_getattr(server: FuseServer, memfs: MemoryFilesystem) -> None:
     reply = await call(server, Op.GETATTR, ino, abi.GetattrIn(0, 0, 0).pack())
     assert reply.used == 120 and reply.header == abi.OutHeader(120, 0, 2)
     out = abi.AttrOut.unpack(reply.payload)
-    assert (out.attr_valid, out.attr_ino, out.attr_size, out.attr_nlink) == (1, ino, 3, 1)
+    assert (out.head.attr_valid, out.attr.ino, out.attr.size, out.attr.nlink) == (1, ino, 3, 1)
 
 
 async def test_getattr_with_bad_fh(server: FuseServer, memfs: MemoryFilesystem) -> None:
@@ -96,7 +96,7 @@ async def test_setattr(server: FuseServer, memfs: MemoryFilesystem) -> None:
                         0o600, 0, 0, 0, 0)  # fmt: skip
     reply = await call(server, Op.SETATTR, ino, arg.pack())
     out = abi.AttrOut.unpack(reply.payload)
-    assert out.attr_size == 2 and stat.S_IMODE(out.attr_mode) == 0o600
+    assert out.attr.size == 2 and stat.S_IMODE(out.attr.mode) == 0o600
     assert memfs.nodes[ino].mtime_ns == 1_700_000_000 * 10**9 + 5
 
 
@@ -135,7 +135,7 @@ async def test_access(server: FuseServer, memfs: MemoryFilesystem) -> None:
 async def test_symlink(server: FuseServer, memfs: MemoryFilesystem) -> None:
     reply = await call(server, Op.SYMLINK, 1, cstr(b"l", b"../t"))
     out = entry_of(reply.payload)
-    assert stat.S_ISLNK(out.attr_mode) and memfs.nodes[out.nodeid].target == b"../t"
+    assert stat.S_ISLNK(out.attr.mode) and memfs.nodes[out.nodeid].target == b"../t"
     again = await call(server, Op.SYMLINK, 1, cstr(b"l", b"x"))
     assert again.error == -errno.EEXIST
 
@@ -149,13 +149,13 @@ async def test_mknod(server: FuseServer, memfs: MemoryFilesystem) -> None:
     arg = abi.MknodIn(stat.S_IFIFO | 0o666, 0, 0o022, 0).pack()
     reply = await call(server, Op.MKNOD, 1, arg + b"p\0")
     out = entry_of(reply.payload)
-    assert out.attr_mode == stat.S_IFIFO | 0o644
+    assert out.attr.mode == stat.S_IFIFO | 0o644
 
 
 async def test_mkdir_and_rmdir(server: FuseServer, memfs: MemoryFilesystem) -> None:
     reply = await call(server, Op.MKDIR, 1, abi.MkdirIn(0o777, 0o022).pack() + b"d\0")
     out = entry_of(reply.payload)
-    assert out.attr_mode == stat.S_IFDIR | 0o755
+    assert out.attr.mode == stat.S_IFDIR | 0o755
     memfs.add_file(b"x", parent=out.nodeid)
     busy = await call(server, Op.RMDIR, 1, b"d\0")
     assert busy.error == -errno.ENOTEMPTY
@@ -198,7 +198,7 @@ async def test_link(server: FuseServer, memfs: MemoryFilesystem) -> None:
     ino = memfs.add_file(b"a")
     reply = await call(server, Op.LINK, 1, abi.LinkIn(ino).pack() + b"b\0")
     out = entry_of(reply.payload)
-    assert out.nodeid == ino and out.attr_nlink == 2
+    assert out.nodeid == ino and out.attr.nlink == 2
     again = await call(server, Op.LINK, 1, abi.LinkIn(ino).pack() + b"b\0")
     assert again.error == -errno.EEXIST
 
@@ -262,7 +262,7 @@ async def test_create(server: FuseServer, memfs: MemoryFilesystem) -> None:
     assert reply.used == 16 + 128 + 16
     out = entry_of(reply.payload)
     opened = abi.OpenOut.unpack_from(reply.payload, 128)
-    assert out.attr_mode == stat.S_IFREG | 0o644
+    assert out.attr.mode == stat.S_IFREG | 0o644
     assert opened.open_flags == abi.OpenOutFlags.DIRECT_IO
     assert memfs.handles[opened.fh] == out.nodeid
     again = await call(server, Op.CREATE, 1, args)
@@ -277,8 +277,8 @@ async def test_tmpfile(server: FuseServer, memfs: MemoryFilesystem) -> None:
     assert reply.used == 16 + 128 + 16 and reply.error == 0
     out = entry_of(reply.payload)
     opened = abi.OpenOut.unpack_from(reply.payload, 128)
-    assert (out.attr_mode, out.attr_nlink) == (stat.S_IFREG | 0o644, 0)
-    assert (out.attr_uid, out.attr_gid) == (1000, 100)
+    assert (out.attr.mode, out.attr.nlink) == (stat.S_IFREG | 0o644, 0)
+    assert (out.attr.uid, out.attr.gid) == (1000, 100)
     assert opened.open_flags == abi.OpenOutFlags.DIRECT_IO
     assert memfs.handles[opened.fh] == out.nodeid and memfs.lookups[out.nodeid] == 1
     assert memfs.nodes[1].children == {}  # unnamed until linked
@@ -385,12 +385,16 @@ async def test_setxattr_extended_form() -> None:
 def parse_dirents(payload: bytes, plus: bool = False) -> list[tuple[bytes, int, int]]:
     """(name, off, nodeid) of each record; nodeid is 0 for plain dirents."""
     out, pos = [], 0
-    head = abi.DirentplusHeader if plus else abi.DirentHeader
+    size = abi.DirentplusHeader.SIZE if plus else abi.DirentHeader.SIZE
     while pos < len(payload):
-        rec = head.unpack_from(payload, pos)
-        name = payload[pos + head.SIZE : pos + head.SIZE + rec.namelen]
-        out.append((name, rec.off, rec.nodeid if plus else 0))  # type: ignore[attr-defined]
-        pos += abi.rec_align(head.SIZE + rec.namelen)
+        if plus:
+            full = abi.DirentplusHeader.unpack_from(payload, pos)
+            rec, nodeid = full.dirent, full.head.nodeid
+        else:
+            rec, nodeid = abi.DirentHeader.unpack_from(payload, pos), 0
+        name = payload[pos + size : pos + size + rec.namelen]
+        out.append((name, rec.off, nodeid))
+        pos += abi.rec_align(size + rec.namelen)
     assert pos == len(payload)
     return out
 
