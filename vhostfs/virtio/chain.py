@@ -74,47 +74,51 @@ def walk_indirect(memory: GuestMemory, chain: Chain, table: memoryview, packed: 
     """Walk an indirect table: split tables follow `next`, packed tables run in order.
 
     This is the hot path of every request from a Linux guest (one indirect table per
-    request, up to 259 entries for a 1 MiB READ), so the table is decoded in one C call and
-    addresses inside the most recently used memory region are sliced without a call.
+    request, up to 259 entries for a 1 MiB READ), so the table is decoded in one C call,
+    addresses inside the most recently used memory region are sliced inline, and buffers
+    that continue exactly where the previous one ended are merged into one view (fewer
+    iovecs for preadv/pwritev, fewer objects).
     """
-    entries = list(DESCRIPTOR.iter_unpack(table))
-    count = len(entries)
-    if packed:
-        ordered = [(addr, length, flags) for addr, length, _, flags in entries]
-    else:
-        ordered = _follow_next(entries, count)
+    rows = list(DESCRIPTOR.iter_unpack(table))
+    count = len(rows)
     readable, writable = chain.readable, chain.writable
     base, end, region = memory.hot_region()
-    for addr, length, flags in ordered:
-        if flags & F_INDIRECT:
-            raise ChainError("indirect descriptor inside an indirect table")
-        if not length:
-            continue
-        if base <= addr and addr + length <= end:
-            views = [region[addr - base : addr - base + length]]
-        else:
-            views = memory.views(addr, length)
-            base, end, region = memory.hot_region()
-        if flags & F_WRITE:
-            writable.extend(views)
-        elif writable:
-            raise ChainError("readable descriptor after a writable one")
-        else:
-            readable.extend(views)
-
-
-def _follow_next(
-    entries: list[tuple[int, int, int, int]], count: int
-) -> list[tuple[int, int, int]]:
-    """The split-format chain from entry 0 along `next`, bounded by the table size."""
-    ordered = []
+    last_end = -1  # guest address right after the previous buffer, for merging
     index = 0
     for _ in range(count):
-        addr, length, flags, nxt = entries[index]
-        ordered.append((addr, length, flags))
+        if packed:
+            addr, length, _, flags = rows[index]
+        else:
+            addr, length, flags, nxt = rows[index]
+        if flags & F_INDIRECT:
+            raise ChainError("indirect descriptor inside an indirect table")
+        if length:
+            is_write = flags & F_WRITE
+            target = writable if is_write else readable
+            if not is_write and writable:
+                raise ChainError("readable descriptor after a writable one")
+            if base <= addr and addr + length <= end:
+                offset = addr - base
+                if addr == last_end and target:
+                    merged = target[-1]
+                    start = offset - len(merged)
+                    target[-1] = region[start : offset + length]
+                else:
+                    target.append(region[offset : offset + length])
+                last_end = addr + length
+            else:
+                target.extend(memory.views(addr, length))
+                base, end, region = memory.hot_region()
+                last_end = -1
+        if packed:
+            index += 1
+            if index == count:
+                return
+            continue
         if not flags & F_NEXT:
-            return ordered
+            return
         if nxt >= count:
             raise ChainError(f"indirect next index {nxt} outside a table of {count}")
         index = nxt
-    raise ChainError("indirect chain longer than its table (a loop)")
+    if not packed:
+        raise ChainError("indirect chain longer than its table (a loop)")
