@@ -17,6 +17,8 @@ the chain to the driver with used length 0.
 
 from __future__ import annotations
 
+import functools
+import operator
 import struct
 from dataclasses import dataclass, field
 from typing import Final
@@ -70,6 +72,53 @@ def indirect_table(memory: GuestMemory, addr: int, length: int) -> memoryview:
     return memory.view(addr, length)
 
 
+@functools.lru_cache(maxsize=64)
+def _table_struct(count: int) -> struct.Struct:
+    """One struct for a whole table of `count` descriptors: a single C call decodes it."""
+    return struct.Struct("<" + "QIHH" * count)
+
+
+def _walk_sequential(
+    memory: GuestMemory, chain: Chain, flat: tuple[int, ...], count: int, packed: bool
+) -> bool:
+    """The fast path for the layout Linux writes: entries in table order, readable ones first,
+    every buffer inside the hot memory region. Returns False to let the general walk decide
+    (and report) anything else.
+
+    Works on whole columns of the table (addresses, lengths, flags) with C-level slicing, so a
+    1 MiB READ's 259 descriptors cost one list comprehension instead of 259 loop bodies.
+    """
+    addrs, lengths = flat[0::4], flat[1::4]
+    flags = flat[3::4] if packed else flat[2::4]
+    # Tables hold only a few distinct flag values (read|next, write|next, write): check
+    # those instead of every entry, and find the boundary with C-level tuple searches.
+    kinds = set(flags)
+    if any(kind & F_INDIRECT for kind in kinds) or 0 in lengths:
+        return False
+    if not packed:
+        # Every entry but the last links to the next one, the last ends the chain.
+        if flags[-1] & F_NEXT or flat[3:-4:4] != _SEQUENTIAL_NEXT[: count - 1]:
+            return False
+        if any(not kind & F_NEXT for kind in set(flags[:-1])):
+            return False
+    writes = [kind for kind in kinds if kind & F_WRITE]
+    first_write = min((flags.index(kind) for kind in writes), default=count)
+    tail = flags[first_write:]
+    if any(kind in tail for kind in kinds if not kind & F_WRITE):
+        return False  # a readable descriptor after a writable one: let the walk report it
+    base, end, region = memory.hot_region()
+    if min(addrs) < base or max(map(operator.add, addrs, lengths)) > end:
+        return False
+    views = [region[a - base : a - base + n] for a, n in zip(addrs, lengths, strict=True)]
+    chain.readable.extend(views[:first_write])
+    chain.writable.extend(views[first_write:])
+    return True
+
+
+# The next-index column of a table whose entries link in order: 1, 2, 3, ...
+_SEQUENTIAL_NEXT: Final = tuple(range(1, MAX_INDIRECT + 1))
+
+
 def walk_indirect(memory: GuestMemory, chain: Chain, table: memoryview, packed: bool) -> None:
     """Walk an indirect table: split tables follow `next`, packed tables run in order.
 
@@ -79,8 +128,11 @@ def walk_indirect(memory: GuestMemory, chain: Chain, table: memoryview, packed: 
     that continue exactly where the previous one ended are merged into one view (fewer
     iovecs for preadv/pwritev, fewer objects).
     """
-    rows = list(DESCRIPTOR.iter_unpack(table))
-    count = len(rows)
+    count = len(table) // DESCRIPTOR.size
+    flat = _table_struct(count).unpack(table)
+    if _walk_sequential(memory, chain, flat, count, packed):
+        return
+    rows = list(zip(flat[0::4], flat[1::4], flat[2::4], flat[3::4], strict=True))
     readable, writable = chain.readable, chain.writable
     base, end, region = memory.hot_region()
     last_end = -1  # guest address right after the previous buffer, for merging
