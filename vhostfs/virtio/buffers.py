@@ -91,17 +91,11 @@ class ChainReader:
 class ChainWriter:
     """Fills the device-writable bytes of a chain; `written` becomes the used length."""
 
-    __slots__ = ("_bufs", "_starts", "capacity", "written")
+    __slots__ = ("_bufs", "capacity", "written")
 
     def __init__(self, bufs: list[memoryview]) -> None:
         self._bufs = bufs
-        starts = []
-        total = 0
-        for buf in bufs:
-            starts.append(total)
-            total += len(buf)
-        self._starts = starts  # stream offset of each buffer
-        self.capacity = total
+        self.capacity = sum(map(len, bufs))
         self.written = 0  # high-water mark of bytes written from the start
 
     def write_at(self, offset: int, data: bytes | bytearray | memoryview) -> None:
@@ -110,9 +104,8 @@ class ChainWriter:
         end = offset + size
         if offset < 0 or end > self.capacity:
             raise ChainError(f"reply of {end} bytes exceeds the {self.capacity} writable")
-        index = self._locate(offset)
+        index, local = self._locate(offset)
         buf = self._bufs[index]
-        local = offset - self._starts[index]
         if local + size <= len(buf):
             # The common case: the out header, or a reply body in its own descriptor.
             buf[local : local + size] = data
@@ -139,8 +132,9 @@ class ChainWriter:
         """
         if offset < 0 or size < 0 or offset + size > self.capacity:
             raise ChainError(f"reply of {offset + size} bytes exceeds the {self.capacity}")
-        index = self._locate(offset)
-        local = offset - self._starts[index]
+        index, local = self._locate(offset)
+        if local == 0 and offset + size == self.capacity:
+            return self._bufs[index:]  # the rest of the chain: a READ reply's pages
         if index == 0 and local == 0:
             return split_views(self._bufs, 0, size)
         return split_views(self._bufs[index:], local, size)
@@ -152,11 +146,17 @@ class ChainWriter:
         if end > self.written:
             self.written = end
 
-    def _locate(self, offset: int) -> int:
-        """Index of the buffer holding stream byte `offset` (chains are short: scan)."""
-        starts = self._starts
-        last = len(starts) - 1
+    def _locate(self, offset: int) -> tuple[int, int]:
+        """(buffer index, offset inside it) of stream byte `offset`.
+
+        Replies are written at the start of the chain (the header, then the body right after
+        it), so a walk from the first buffer takes a step or two; no table of buffer offsets
+        is built for the 257 buffers of a 1 MiB READ.
+        """
+        bufs = self._bufs
+        last = len(bufs) - 1
         index = 0
-        while index < last and starts[index + 1] <= offset:
+        while index < last and offset >= len(bufs[index]):
+            offset -= len(bufs[index])
             index += 1
-        return index
+        return index, offset
