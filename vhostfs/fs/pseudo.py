@@ -175,6 +175,11 @@ class PseudoFilesystem(Filesystem):
     # -- the operations -------------------------------------------------------------------
 
     async def init(self) -> FsOptions:
+        root = self._root_mount()
+        if root is not None:
+            # A filesystem attached at "/" is the whole export: its wishes (a cache=none
+            # passthrough wants no READDIRPLUS, for one) decide the session.
+            return await root.fs.init()
         return self.options
 
     async def destroy(self) -> None:

@@ -10,7 +10,7 @@ import pytest
 from tests.support.memoryfs import MemoryFilesystem
 from vhostfs.errors import FsError
 from vhostfs.fs.pseudo import PseudoFilesystem, split_ino
-from vhostfs.fuse.filesystem import ROOT_INO, Context, FileHandle, Ino
+from vhostfs.fuse.filesystem import ROOT_INO, Context, FileHandle, FsOptions, Ino
 
 CTX = Context(0, 0, 0)
 
@@ -119,3 +119,11 @@ async def test_pseudo_tree_refuses_writes() -> None:
     with pytest.raises(FsError) as refused:
         await root.mkdir(CTX, ROOT_INO, b"new", 0o755, 0)
     assert refused.value.errno == errno.EROFS
+
+
+async def test_filesystem_at_root_decides_the_session_options() -> None:
+    root = PseudoFilesystem(FsOptions(readdirplus=True))
+    assert (await root.init()).readdirplus
+    inner = MemoryFilesystem(FsOptions(readdirplus=False))
+    await root.attach("/", inner, "PassthroughFs")
+    assert not (await root.init()).readdirplus
