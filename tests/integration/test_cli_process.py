@@ -37,9 +37,14 @@ def nydusd_command() -> list[str]:
 def wait_for_socket(path: Path, proc: subprocess.Popen[bytes]) -> None:
     deadline = time.monotonic() + DEADLINE
     while not path.exists():
-        assert proc.poll() is None, proc.communicate()[1].decode()
         assert time.monotonic() < deadline, f"{path} did not appear"
-        time.sleep(0.02)
+        try:
+            # Wait on the process itself (no event tells us the file appeared): a daemon
+            # that dies at startup ends the wait at once.
+            proc.wait(timeout=0.02)
+        except subprocess.TimeoutExpired:
+            continue
+        raise AssertionError(proc.communicate()[1].decode())
 
 
 def client(apisock: Path) -> httpx.Client:

@@ -24,7 +24,12 @@ from rafs.cli.unpack import unpack_to_directory
 from tests.support.fixtures import V5_DIR, V6_DIR
 
 FIXTURE = V6_DIR
-pytestmark = pytest.mark.skipif(not FIXTURE.is_dir(), reason="shared fixtures not present")
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _fixtures_present() -> None:
+    if not FIXTURE.is_dir():
+        pytest.fail(f"the shared RAFS fixtures are missing at {FIXTURE} (set VHOSTFS_FIXTURES)")
 
 
 def test_rebuilt_fixture_blob_matches_upstream_layout(tmp_path: Path) -> None:
