@@ -85,7 +85,3 @@ def drain_eventfd(fd: int) -> None:
         os.eventfd_read(fd)
     except BlockingIOError:
         pass
-
-
-async def wait_readable(fd: int) -> None:
-    await trio.lowlevel.wait_readable(fd)

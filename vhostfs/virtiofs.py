@@ -26,7 +26,6 @@ STOP_GRACE seconds to finish, then the queue's cancel scope is cancelled.
 from __future__ import annotations
 
 import logging
-import math
 import os
 import types
 from collections.abc import Callable, Coroutine, Generator
@@ -36,6 +35,7 @@ import trio
 
 from vhostfs.errors import ChainError, GuestMemoryError
 from vhostfs.fdio import drain_eventfd, signal_eventfd
+from vhostfs.ratelog import RateLimitedLog
 from vhostfs.vhost_user.device import Vring
 from vhostfs.vhost_user.messages import ProtocolFeatures, VirtioFeatures
 from vhostfs.virtio.buffers import ChainReader, ChainWriter
@@ -144,8 +144,6 @@ def open_queue(vring: Vring, memory: GuestMemory, features: int) -> Queue:
             vring.base,
             event_idx,
         )
-    if num == 0 or num > 32768 or num & (num - 1):
-        raise ChainError(f"queue {vring.index}: size {num} is not a power of two")
     return SplitQueue(
         memory,
         num,
@@ -283,7 +281,7 @@ class VirtioFsDevice:
         if not packed:
             self._features &= ~VirtioFeatures.RING_PACKED
         self._runners: dict[int, QueueRunner] = {}
-        self._bad_chains = _RateLimitedLog()
+        self._bad_chains = RateLimitedLog(log, burst=1)
 
     @property
     def virtio_features(self) -> int:
@@ -341,22 +339,3 @@ class VirtioFsDevice:
             # one request is lost, not the daemon.
             log.exception("request on queue chain %d crashed its handler", chain.head)
         return 0
-
-
-class _RateLimitedLog:
-    """Logs at most one line per second (a hostile guest must not flood the log)."""
-
-    def __init__(self) -> None:
-        self._next = -math.inf
-        self._suppressed = 0
-
-    def warning(self, fmt: str, *args: object) -> None:
-        now = trio.current_time()
-        if now < self._next:
-            self._suppressed += 1
-            return
-        if self._suppressed:
-            fmt += f" ({self._suppressed} similar suppressed)"
-            self._suppressed = 0
-        self._next = now + 1.0
-        log.warning(fmt, *args)

@@ -189,7 +189,7 @@ class RafsFilesystem(Filesystem):
         inode = self._inode(ino)
         if not inode.is_reg:
             raise FsError(errno.EINVAL)
-        size = min(sum(len(b) for b in bufs), max(inode.size - offset, 0))
+        size = min(sum(map(len, bufs)), max(inode.size - offset, 0))
         if size <= 0:
             return 0
         try:

@@ -34,7 +34,7 @@ from vhostfs.fuse.session import Session
 from vhostfs.virtio.buffers import ChainReader, ChainWriter
 
 if TYPE_CHECKING:
-    from vhostfs.fuse.server import RateLimitedLog
+    from vhostfs.ratelog import RateLimitedLog
 
 Handler: TypeAlias = Callable[[int, int, Context, ChainReader, ChainWriter], Awaitable[int]]
 

@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import errno
 import logging
-import time
 from typing import Final
 
 from vhostfs.errors import ChainError, FsError
@@ -41,6 +40,7 @@ from vhostfs.fuse.session import (
     major_mismatch_reply,
     negotiate,
 )
+from vhostfs.ratelog import RateLimitedLog
 from vhostfs.virtio.buffers import ChainReader, ChainWriter
 
 logger = logging.getLogger(__name__)
@@ -51,29 +51,6 @@ IN_HEADER_SIZE: Final = abi.InHeader.SIZE
 NO_REPLY: Final = frozenset((Op.FORGET, Op.BATCH_FORGET, Op.INTERRUPT))
 _MAX_ERRNO: Final = 4095  # the kernel treats larger "errors" as garbage
 _CONTEXT_CACHE_SIZE: Final = 1024
-
-
-class RateLimitedLog:
-    """Logs at most `burst` lines per `interval` seconds; counts what it drops."""
-
-    def __init__(self, burst: int = 10, interval: float = 1.0) -> None:
-        self.burst = burst
-        self.interval = interval
-        self._window = 0.0
-        self._count = 0
-        self.dropped = 0
-
-    def warning(self, msg: str, *args: object) -> None:
-        now = time.monotonic()
-        if now - self._window >= self.interval:
-            if self.dropped:
-                logger.warning("%d similar messages suppressed", self.dropped)
-            self._window, self._count, self.dropped = now, 0, 0
-        if self._count < self.burst:
-            self._count += 1
-            logger.warning(msg, *args)
-        else:
-            self.dropped += 1
 
 
 class FuseServer:
@@ -88,7 +65,7 @@ class FuseServer:
         self.fs = fs
         self.session: Session | None = None
         self.ops = Operations(fs)
-        self.bad_input = RateLimitedLog()
+        self.bad_input = RateLimitedLog(logger)
         self._contexts: dict[tuple[int, int, int], Context] = {}
         self._handlers: dict[int, Handler] = self.ops.table()
         self._handlers[Op.INIT] = self._init

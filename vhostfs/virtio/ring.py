@@ -97,8 +97,6 @@ class SplitQueue:
 
     def pop(self) -> Chain | None:
         """The next available chain, or None. A malformed chain comes back with `error`."""
-        if self._avail[1] == self.last_avail:
-            return None
         if self.available() == 0:
             return None
         head = self._avail[2 + self.last_avail % self.num]

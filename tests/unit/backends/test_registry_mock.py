@@ -175,7 +175,7 @@ async def test_mirror_headers_and_fallback(autojump_clock: trio.testing.MockCloc
     mirror_up = True
     assert await reg.read_range(BLOB, 8, 8) == DATA[8:16]
     assert hosts[-1] == "registry.example"  # mirror still in its penalty window
-    await trio.sleep(6)
+    await trio.sleep(6)  # mock time: past the mirror's 5 s health_check_interval
     assert await reg.read_range(BLOB, 16, 8) == DATA[16:24]
     assert hosts[-1] == "mirror.example"
     await reg.aclose()
