@@ -26,6 +26,7 @@ from typing import Final, TypeVar
 import httpx
 import trio
 
+from .base import BlobId, check_range
 from .errors import (
     AuthError,
     BackendError,
@@ -37,6 +38,7 @@ from .errors import (
     ServerError,
     TransientError,
 )
+from .metrics import BackendMetrics
 
 T = TypeVar("T")
 
@@ -68,9 +70,13 @@ def _verify(settings: HttpSettings) -> ssl.SSLContext | bool:
     return context
 
 
-def make_client(settings: HttpSettings, *, proxy: str | None = None,
-                transport: httpx.AsyncBaseTransport | None = None,
-                auth: httpx.Auth | None = None) -> httpx.AsyncClient:
+def make_client(
+    settings: HttpSettings,
+    *,
+    proxy: str | None = None,
+    transport: httpx.AsyncBaseTransport | None = None,
+    auth: httpx.Auth | None = None,
+) -> httpx.AsyncClient:
     """An AsyncClient honouring `settings`; the caller owns it and must `aclose` it.
 
     `transport` replaces the network (tests pass an httpx.MockTransport).
@@ -79,9 +85,15 @@ def make_client(settings: HttpSettings, *, proxy: str | None = None,
     # `connect_timeout` the connect, which is the closest httpx has to nydusd's pair.
     whole = settings.timeout or None
     timeout = httpx.Timeout(whole, connect=settings.connect_timeout or None)
-    return httpx.AsyncClient(verify=_verify(settings), timeout=timeout, proxy=proxy,
-                             transport=transport, auth=auth, follow_redirects=False,
-                             trust_env=False)
+    return httpx.AsyncClient(
+        verify=_verify(settings),
+        timeout=timeout,
+        proxy=proxy,
+        transport=transport,
+        auth=auth,
+        follow_redirects=False,
+        trust_env=False,
+    )
 
 
 @contextmanager
@@ -133,7 +145,7 @@ class RetryPolicy:
 
     def delay(self, attempt: int) -> float:
         """Seconds to wait before retry number `attempt` (0-based)."""
-        nominal = min(self.max_delay, self.base_delay * self.factor ** attempt)
+        nominal = min(self.max_delay, self.base_delay * self.factor**attempt)
         return nominal * (1.0 - self.jitter * self.rng.random())
 
     def should_retry(self, exc: BaseException, attempt: int) -> bool:
@@ -157,6 +169,28 @@ async def retrying(policy: RetryPolicy, operation: Callable[[], Awaitable[T]]) -
 _CONTENT_RANGE: Final = re.compile(r"bytes\s+(\d+)-(\d+)/(\d+|\*)")
 
 
+async def measured_read(
+    metrics: BackendMetrics,
+    policy: RetryPolicy,
+    blob: BlobId,
+    offset: int,
+    size: int,
+    fetch: Callable[[], Awaitable[bytes]],
+) -> bytes:
+    """A ranged blob read under the retry policy, recorded in `metrics` whatever happens."""
+    check_range(blob, offset, size)
+    if size == 0:
+        return b""
+    started = trio.current_time()
+    try:
+        data = await retrying(policy, fetch)
+    except BaseException:
+        metrics.record(blob, offset, size, trio.current_time() - started, False)
+        raise
+    metrics.record(blob, offset, size, trio.current_time() - started, True)
+    return data
+
+
 def range_header(offset: int, size: int) -> str:
     """The Range header for `size` (> 0) bytes at `offset` (RFC 9110 §14.2)."""
     return f"bytes={offset}-{offset + size - 1}"
@@ -171,8 +205,7 @@ def parse_content_range(value: str) -> tuple[int, int, int | None]:
     return int(match.group(1)), int(match.group(2)), total
 
 
-async def read_ranged_body(response: httpx.Response, offset: int, size: int,
-                           what: str) -> bytes:
+async def read_ranged_body(response: httpx.Response, offset: int, size: int, what: str) -> bytes:
     """Exactly `size` bytes at `offset` from a streamed answer to a Range request.
 
     A 206 must cover exactly the range asked for; a 200 (server ignored Range) is skipped
@@ -185,8 +218,9 @@ async def read_ranged_body(response: httpx.Response, offset: int, size: int,
     if response.status_code == 206:
         first, last, _ = parse_content_range(response.headers.get("content-range", ""))
         if (first, last) != (offset, offset + size - 1):
-            raise CorruptData(f"{what}: asked for {offset}-{offset + size - 1}, "
-                              f"got Content-Range {first}-{last}")
+            raise CorruptData(
+                f"{what}: asked for {offset}-{offset + size - 1}, got Content-Range {first}-{last}"
+            )
     elif response.status_code == 200:
         skip = offset
     else:
@@ -198,7 +232,7 @@ async def read_ranged_body(response: httpx.Response, offset: int, size: int,
             if skip:
                 dropped = min(skip, len(piece))
                 piece, skip = piece[dropped:], skip - dropped
-            parts.append(piece[:size - have])
+            parts.append(piece[: size - have])
             have += len(parts[-1])
             if have == size:
                 break

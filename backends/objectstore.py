@@ -17,14 +17,14 @@ from collections.abc import Callable
 from datetime import UTC, datetime
 
 import httpx
-import trio
 
-from .base import BlobId, check_range
+from .base import BlobId
 from .config import ObjectStoreConfig
 from .errors import ConfigError, CorruptData
 from .http import (
     RetryPolicy,
     make_client,
+    measured_read,
     raise_for_status,
     range_header,
     read_ranged_body,
@@ -46,15 +46,20 @@ def _utc_now() -> datetime:
 class ObjectStoreBackend:
     """BlobBackend over objects of one bucket."""
 
-    def __init__(self, config: ObjectStoreConfig, base_url: str, signer: Signer, *,
-                 transport: httpx.AsyncBaseTransport | None = None,
-                 policy: RetryPolicy | None = None) -> None:
+    def __init__(
+        self,
+        config: ObjectStoreConfig,
+        base_url: str,
+        signer: Signer,
+        *,
+        transport: httpx.AsyncBaseTransport | None = None,
+        policy: RetryPolicy | None = None,
+    ) -> None:
         self._config = config
         self._base = base_url.rstrip("/")
         self._sign = signer
         self._policy = policy or RetryPolicy.from_settings(config.http)
-        self._client = make_client(config.http, proxy=config.proxy.url or None,
-                                   transport=transport)
+        self._client = make_client(config.http, proxy=config.proxy.url or None, transport=transport)
         self._sizes: dict[BlobId, int] = {}
         self.metrics = BackendMetrics(config.kind)
 
@@ -83,17 +88,14 @@ class ObjectStoreBackend:
         return int(length)
 
     async def read_range(self, blob_id: BlobId, offset: int, size: int) -> bytes:
-        check_range(blob_id, offset, size)
-        if size == 0:
-            return b""
-        started = trio.current_time()
-        try:
-            data = await retrying(self._policy, lambda: self._get(blob_id, offset, size))
-        except BaseException:
-            self.metrics.record(blob_id, offset, size, trio.current_time() - started, False)
-            raise
-        self.metrics.record(blob_id, offset, size, trio.current_time() - started, True)
-        return data
+        return await measured_read(
+            self.metrics,
+            self._policy,
+            blob_id,
+            offset,
+            size,
+            lambda: self._get(blob_id, offset, size),
+        )
 
     async def _get(self, blob: BlobId, offset: int, size: int) -> bytes:
         what = f"{self._config.kind} blob {blob} [{offset}, {offset + size})"
@@ -109,9 +111,13 @@ class ObjectStoreBackend:
         await self._client.aclose()
 
 
-def s3_backend(config: ObjectStoreConfig, *, transport: httpx.AsyncBaseTransport | None = None,
-               clock: Clock = _utc_now, policy: RetryPolicy | None = None
-               ) -> ObjectStoreBackend:
+def s3_backend(
+    config: ObjectStoreConfig,
+    *,
+    transport: httpx.AsyncBaseTransport | None = None,
+    clock: Clock = _utc_now,
+    policy: RetryPolicy | None = None,
+) -> ObjectStoreBackend:
     """An S3 (or S3-compatible: MinIO, moto, Ceph RGW) backend with SigV4 signing."""
     if not config.region:
         raise ConfigError("s3: region is required")
@@ -121,18 +127,29 @@ def s3_backend(config: ObjectStoreConfig, *, transport: httpx.AsyncBaseTransport
     def sign(method: str, url: httpx.URL, headers: dict[str, str]) -> dict[str, str]:
         if creds.anonymous:
             return {}
-        return sigv4_headers(method=method, path=url.path,
-                             query=[], headers=headers, payload_sha256=EMPTY_SHA256,
-                             credentials=creds, region=config.region, service="s3",
-                             now=clock())
+        return sigv4_headers(
+            method=method,
+            path=url.path,
+            query=[],
+            headers=headers,
+            payload_sha256=EMPTY_SHA256,
+            credentials=creds,
+            region=config.region,
+            service="s3",
+            now=clock(),
+        )
 
     base = f"{config.scheme}://{endpoint}/{config.bucket_name}"
     return ObjectStoreBackend(config, base, sign, transport=transport, policy=policy)
 
 
-def oss_backend(config: ObjectStoreConfig, *, transport: httpx.AsyncBaseTransport | None = None,
-                clock: Clock = _utc_now, policy: RetryPolicy | None = None
-                ) -> ObjectStoreBackend:
+def oss_backend(
+    config: ObjectStoreConfig,
+    *,
+    transport: httpx.AsyncBaseTransport | None = None,
+    clock: Clock = _utc_now,
+    policy: RetryPolicy | None = None,
+) -> ObjectStoreBackend:
     """An Alibaba Cloud OSS backend with the OSS v1 header signature."""
     if not config.endpoint:
         raise ConfigError("oss: endpoint is required")
@@ -143,8 +160,14 @@ def oss_backend(config: ObjectStoreConfig, *, transport: httpx.AsyncBaseTranspor
         if creds.anonymous:
             return {}
         key = prefix + url.path.rsplit("/", 1)[-1]
-        return oss_headers(method=method, bucket=config.bucket_name, key=key, headers=headers,
-                           credentials=creds, now=clock())
+        return oss_headers(
+            method=method,
+            bucket=config.bucket_name,
+            key=key,
+            headers=headers,
+            credentials=creds,
+            now=clock(),
+        )
 
     base = f"{config.scheme}://{config.bucket_name}.{config.endpoint}"
     return ObjectStoreBackend(config, base, sign, transport=transport, policy=policy)

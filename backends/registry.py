@@ -29,12 +29,13 @@ from typing import Final
 import httpx
 import trio
 
-from .base import BlobId, check_range
+from .base import BlobId
 from .config import MirrorConfig, RegistryConfig
 from .errors import ConnectionLost, CorruptData, RequestError, TransientError
 from .http import (
     RetryPolicy,
     make_client,
+    measured_read,
     parse_content_range,
     range_header,
     read_ranged_body,
@@ -47,8 +48,11 @@ from .registry_auth import RegistryAuth, decode_auth
 MAX_REDIRECTS: Final = 5
 _REDIRECTS: Final = (301, 302, 303, 307, 308)
 # Headers nydusd adds when it talks to a Dragonfly proxy (on-demand read priority).
-DRAGONFLY_HEADERS: Final = {"X-Dragonfly-Priority": "6", "X-Dragonfly-Use-P2P": "true",
-                            "X-Dragonfly-Prefetch": "false"}
+DRAGONFLY_HEADERS: Final = {
+    "X-Dragonfly-Priority": "6",
+    "X-Dragonfly-Use-P2P": "true",
+    "X-Dragonfly-Prefetch": "false",
+}
 
 
 @dataclass
@@ -91,10 +95,14 @@ class _Blob:
 class RegistryBackend:
     """BlobBackend over one repository of an OCI registry."""
 
-    def __init__(self, config: RegistryConfig, *,
-                 transport: httpx.AsyncBaseTransport | None = None,
-                 policy: RetryPolicy | None = None,
-                 clock: Callable[[], float] = trio.current_time) -> None:
+    def __init__(
+        self,
+        config: RegistryConfig,
+        *,
+        transport: httpx.AsyncBaseTransport | None = None,
+        policy: RetryPolicy | None = None,
+        clock: Callable[[], float] = trio.current_time,
+    ) -> None:
         self._config = config
         self._policy = policy or RetryPolicy.from_settings(config.http)
         self._clock = clock
@@ -104,22 +112,39 @@ class RegistryBackend:
         mirror_bases = [_base(m.host, config.scheme) for m in config.mirrors]
         hosts = {httpx.URL(b).netloc.decode("ascii") for b in [origin, *mirror_bases]}
         credentials = decode_auth(config.auth) if config.auth else None
-        self.auth = RegistryAuth(config.repo, hosts, credentials=credentials,
-                                 registry_token=config.registry_token)
+        self.auth = RegistryAuth(
+            config.repo, hosts, credentials=credentials, registry_token=config.registry_token
+        )
         self._client = make_client(config.http, transport=transport, auth=self.auth)
         self._routes: list[_Route] = []
         if config.proxy.url:
-            proxied = make_client(config.http, proxy=config.proxy.url, transport=transport,
-                                  auth=self.auth)
-            self._routes.append(_Route("proxy", proxied, origin, dict(DRAGONFLY_HEADERS), 1,
-                                       config.proxy.check_interval, config.proxy.fallback))
+            proxied = make_client(
+                config.http, proxy=config.proxy.url, transport=transport, auth=self.auth
+            )
+            self._routes.append(
+                _Route(
+                    "proxy",
+                    proxied,
+                    origin,
+                    dict(DRAGONFLY_HEADERS),
+                    1,
+                    config.proxy.check_interval,
+                    config.proxy.fallback,
+                )
+            )
         for mirror, base in zip(config.mirrors, mirror_bases, strict=True):
             self._routes.append(self._mirror_route(mirror, base))
         self._routes.append(_Route("origin", self._client, origin, {}, 1 << 62, 0.0))
 
     def _mirror_route(self, mirror: MirrorConfig, base: str) -> _Route:
-        return _Route(f"mirror {base}", self._client, base, dict(mirror.headers),
-                      max(mirror.failure_limit, 1), mirror.health_check_interval)
+        return _Route(
+            f"mirror {base}",
+            self._client,
+            base,
+            dict(mirror.headers),
+            max(mirror.failure_limit, 1),
+            mirror.health_check_interval,
+        )
 
     def _url(self, route: _Route, blob: BlobId) -> str:
         url = f"{route.base}/v2/{self._config.repo}/blobs/sha256:{blob}"
@@ -134,17 +159,14 @@ class RegistryBackend:
         return entry.size
 
     async def read_range(self, blob_id: BlobId, offset: int, size: int) -> bytes:
-        check_range(blob_id, offset, size)
-        if size == 0:
-            return b""
-        started = trio.current_time()
-        try:
-            data = await retrying(self._policy, lambda: self._read(blob_id, offset, size))
-        except BaseException:
-            self.metrics.record(blob_id, offset, size, trio.current_time() - started, False)
-            raise
-        self.metrics.record(blob_id, offset, size, trio.current_time() - started, True)
-        return data
+        return await measured_read(
+            self.metrics,
+            self._policy,
+            blob_id,
+            offset,
+            size,
+            lambda: self._read(blob_id, offset, size),
+        )
 
     async def aclose(self) -> None:
         for client in {id(r.client): r.client for r in self._routes}.values():
@@ -194,15 +216,17 @@ class RegistryBackend:
                 await response.aclose()
                 route.failed(now)
                 if not route.is_fallback_ok:
-                    raise ConnectionLost(f"blob {blob}: {route.name} answered "
-                                         f"{response.status_code}")
+                    raise ConnectionLost(
+                        f"blob {blob}: {route.name} answered {response.status_code}"
+                    )
                 continue
             route.succeeded()
             return response
         raise last or ConnectionLost(f"blob {blob}: no route answered")
 
-    async def _send_route(self, route: _Route, blob: BlobId,
-                          headers: dict[str, str]) -> httpx.Response:
+    async def _send_route(
+        self, route: _Route, blob: BlobId, headers: dict[str, str]
+    ) -> httpx.Response:
         entry = self._blobs.setdefault(blob, _Blob())
         if route.name == "origin" and entry.location is not None:
             response = await self._get(route.client, entry.location, headers)
@@ -234,8 +258,8 @@ class RegistryBackend:
             target = target.copy_with(scheme=self._config.blob_url_scheme)
         return str(target)
 
-    async def _get(self, client: httpx.AsyncClient, url: str,
-                   headers: dict[str, str]) -> httpx.Response:
+    async def _get(
+        self, client: httpx.AsyncClient, url: str, headers: dict[str, str]
+    ) -> httpx.Response:
         with translate_errors(f"GET {httpx.URL(url).copy_with(query=None)}"):
-            return await client.send(client.build_request("GET", url, headers=headers),
-                                     stream=True)
+            return await client.send(client.build_request("GET", url, headers=headers), stream=True)
