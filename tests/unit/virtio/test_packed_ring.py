@@ -2,32 +2,16 @@
 
 from __future__ import annotations
 
-import os
 import struct
-from collections.abc import Iterator
 
-import pytest
-
-from vhostfs.vhost_user.messages import MemRegion
+from tests.unit.virtio.conftest import MEM
 from vhostfs.virtio.chain import DESCRIPTOR, F_INDIRECT, F_NEXT, F_WRITE
 from vhostfs.virtio.memory import GuestMemory
 from vhostfs.virtio.packed import EVENT_DESC, F_AVAIL, F_USED, PackedQueue
 
 NUM = 4
-MEM = 1 << 20
 RING, DRIVER_EVENT, DEVICE_EVENT = 0x1000, 0x2000, 0x2004
 DATA = 0x10000
-
-
-@pytest.fixture
-def memory() -> Iterator[GuestMemory]:
-    fd = os.memfd_create("guest")
-    os.ftruncate(fd, MEM)
-    memory = GuestMemory()
-    memory.set_table([MemRegion(0, MEM, 0x7000_0000, 0)], [fd])
-    os.close(fd)
-    yield memory
-    memory.clear()
 
 
 def avail_flags(wrap: int) -> int:

@@ -2,33 +2,19 @@
 
 from __future__ import annotations
 
-import os
 import struct
-from collections.abc import Iterator
 
 import pytest
 
+from tests.unit.virtio.conftest import MEM
 from vhostfs.errors import ChainError, GuestMemoryError
-from vhostfs.vhost_user.messages import MemRegion
 from vhostfs.virtio.chain import DESCRIPTOR, F_INDIRECT, F_NEXT, F_WRITE, MAX_INDIRECT
 from vhostfs.virtio.memory import GuestMemory
 from vhostfs.virtio.ring import SplitQueue
 
 NUM = 8
-MEM = 1 << 20
 DESC, AVAIL, USED = 0x1000, 0x2000, 0x3000
 DATA = 0x10000
-
-
-@pytest.fixture
-def memory() -> Iterator[GuestMemory]:
-    fd = os.memfd_create("guest")
-    os.ftruncate(fd, MEM)
-    memory = GuestMemory()
-    memory.set_table([MemRegion(0, MEM, 0x7000_0000, 0)], [fd])
-    os.close(fd)
-    yield memory
-    memory.clear()
 
 
 def put_desc(
@@ -177,6 +163,7 @@ def test_sequential_and_linked_tables_give_the_same_buffers(
     for i, (addr, length, flags) in enumerate(entries):
         more = F_NEXT if i < count - 1 else 0
         put_desc(memory, 0x4000, i, addr, length, flags | more, i + 1)
+
     # The same chain with entries 1.. stored backwards, linked through `next` (a walk always
     # starts at entry 0): only the general walk fits it.
     def slot(i: int) -> int:
