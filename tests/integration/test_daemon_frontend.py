@@ -27,8 +27,8 @@ T = TypeVar("T")
 CONTENT = bytes(range(256)) * 1024  # 256 KiB
 
 
-def sample_fs() -> MemoryFilesystem:
-    fs = MemoryFilesystem()
+def sample_fs(*, awaiting: bool = False, claims_inline: bool = False) -> MemoryFilesystem:
+    fs = MemoryFilesystem(awaiting=awaiting, claims_inline=claims_inline)
     d = fs.add(ROOT_INO, b"dir", stat.S_IFDIR | 0o755)
     fs.add(d, b"file", stat.S_IFREG | 0o644, data=CONTENT)
     fs.add(ROOT_INO, b"link", stat.S_IFLNK | 0o777, target=b"dir/file")
@@ -39,11 +39,14 @@ async def in_thread(fn: Callable[[], T]) -> T:
     return await trio.to_thread.run_sync(fn)
 
 
-@pytest.fixture
-async def socket_path(tmp_path: Path, nursery: trio.Nursery) -> str:
+@pytest.fixture(params=[False, True], ids=["inline", "awaiting"])
+async def socket_path(tmp_path: Path, nursery: trio.Nursery, request: pytest.FixtureRequest) -> str:
+    """A daemon over the sample tree. "inline": every request is served in the queue thread;
+    "awaiting": READs really await, so the queue thread hands them to trio tasks."""
     path = str(tmp_path / "vhost.sock")
     listener = await daemon.listen_unix(path)
-    nursery.start_soon(lambda: daemon.serve(listener, FuseServer(sample_fs()), once=False))
+    server = FuseServer(sample_fs(awaiting=request.param))
+    nursery.start_soon(lambda: daemon.serve(listener, server, once=False))
     return path
 
 
@@ -109,3 +112,33 @@ async def test_many_requests_in_flight(socket_path: str) -> None:
 
     chunks = await in_thread(run)
     assert b"".join(chunks) == CONTENT
+
+
+async def test_a_request_that_awaits_in_the_queue_thread_fails_alone(
+    tmp_path: Path, nursery: trio.Nursery, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A filesystem that claims its READ never awaits, then awaits: that request gets an
+    empty reply and an error in the log; the queue thread and the session go on."""
+    path = str(tmp_path / "vhost.sock")
+    listener = await daemon.listen_unix(path)
+    server = FuseServer(sample_fs(awaiting=True, claims_inline=True))
+    nursery.start_soon(lambda: daemon.serve(listener, server, once=False))
+
+    def run() -> tuple[int, bytes]:
+        with Frontend.connect(path, FrontendOptions()) as frontend:
+            fuse = FuseDriver(frontend)
+            fuse.init()
+            d = fuse.lookup(ROOT_INO, b"dir")
+            f = fuse.lookup(d.nodeid, b"file")
+            fh = fuse.open(f.nodeid).fh
+            call = fuse.read_call(f.nodeid, fh, 0, 4096)
+            fuse.submit(call)
+            fuse.wait_for(call)
+            used = call.used_len
+            target = fuse.readlink(fuse.lookup(ROOT_INO, b"link").nodeid)
+            return used, target
+
+    used, target = await in_thread(run)
+    assert used == 0
+    assert target == b"dir/file"
+    assert "tried to await in the queue thread" in caplog.text

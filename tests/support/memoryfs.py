@@ -14,6 +14,8 @@ import stat
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 
+import trio
+
 from vhostfs.errors import FsError
 from vhostfs.fuse.filesystem import (
     ROOT_INO,
@@ -60,8 +62,15 @@ class Node:
 
 
 class MemoryFilesystem(Filesystem):
-    def __init__(self, options: FsOptions | None = None) -> None:
+    """`awaiting`: READ really yields to trio once (as a blob fetch would) and the filesystem
+    says so through `may_suspend`; `claims_inline` makes it claim otherwise (a broken
+    filesystem, for the queue thread's defences)."""
+
+    def __init__(self, options: FsOptions | None = None, *, awaiting: bool = False,
+                 claims_inline: bool = False) -> None:  # fmt: skip
         self.options = options or FsOptions()
+        self.awaiting = awaiting
+        self.claims_inline = claims_inline
         self.nodes: dict[Ino, Node] = {}
         self.lookups: dict[Ino, int] = {}
         self.handles: dict[FileHandle, Ino] = {}
@@ -271,8 +280,13 @@ class MemoryFilesystem(Filesystem):
                                parent=parent, uid=ctx.uid, gid=ctx.gid)  # fmt: skip
         return self._entry(ino), Opened(self._handle(ino), direct_io=True)
 
+    def may_suspend(self, ino: Ino) -> bool:
+        return self.awaiting and not self.claims_inline
+
     async def read(self, ctx: Context, ino: Ino, fh: FileHandle, offset: int,
                    bufs: Sequence[memoryview]) -> int:  # fmt: skip
+        if self.awaiting:
+            await trio.lowlevel.checkpoint()
         data = self._check_handle(ino, fh).data
         done = 0
         for buf in bufs:

@@ -275,6 +275,9 @@ class PassthroughFilesystem(Filesystem):
 
     # --- metadata -------------------------------------------------------------------------
 
+    def may_suspend(self, ino: Ino) -> bool:
+        return False  # every operation is a few synchronous syscalls
+
     async def lookup(self, ctx: Context, parent: Ino, name: bytes) -> Entry:
         if not name or b"/" in name or name in (b".", b".."):
             raise FsError(errno.EINVAL)

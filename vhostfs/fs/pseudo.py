@@ -204,6 +204,17 @@ class PseudoFilesystem(Filesystem):
             return Entry(child.root, _with_ino(attr, child.root), 0.0, 0.0)
         return Entry(child, self._dir_attr(child), 0.0, 0.0)
 
+    def may_suspend(self, ino: Ino) -> bool:
+        try:
+            route = self._route(ino)
+        except FsError:
+            return False  # answered with an error at once
+        if route is not None:
+            fs, _, inner = route
+            return fs.may_suspend(inner)
+        # A pseudo directory: looking up a mount point asks that filesystem for its root.
+        return any(mount.fs.may_suspend(ROOT_INO) for mount in self.mounts.values())
+
     def forget(self, ino: Ino, nlookup: int) -> None:
         index, inner = split_ino(ino)
         mount = self._by_index.get(index) if index else self._root_mount()

@@ -187,6 +187,15 @@ class Filesystem:
     async def lookup(self, ctx: Context, parent: Ino, name: bytes) -> Entry:
         raise not_supported()
 
+    def may_suspend(self, ino: Ino) -> bool:
+        """Whether an operation on `ino` may really await (a blob fetch, a worker thread).
+
+        False promises that every operation on the node completes without yielding to
+        trio, which lets a queue thread serve it inline (see vhostfs/queuethread.py). The
+        default is the answer that is always safe.
+        """
+        return True
+
     def forget(self, ino: Ino, nlookup: int) -> None:
         """Drop `nlookup` references to `ino`; never fails (unknown nodes are ignored)."""
 
@@ -352,6 +361,9 @@ class ReadOnlyFilesystem(Filesystem):
 
     async def lookup(self, ctx: Context, parent: Ino, name: bytes) -> Entry:
         return await self.inner.lookup(ctx, parent, name)
+
+    def may_suspend(self, ino: Ino) -> bool:
+        return self.inner.may_suspend(ino)
 
     def forget(self, ino: Ino, nlookup: int) -> None:
         self.inner.forget(ino, nlookup)

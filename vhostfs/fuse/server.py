@@ -26,11 +26,12 @@ from __future__ import annotations
 
 import errno
 import logging
+from collections.abc import Sequence
 from typing import Final
 
 from vhostfs.errors import ChainError, FsError
 from vhostfs.fuse import abi, replies
-from vhostfs.fuse.filesystem import Context, Filesystem
+from vhostfs.fuse.filesystem import Context, Filesystem, Ino
 from vhostfs.fuse.operations import Handler, Operations
 from vhostfs.fuse.requests import BadRequest
 from vhostfs.fuse.session import (
@@ -49,6 +50,7 @@ Op = abi.Opcode
 IN_HEADER: Final = abi.InHeader.STRUCT
 IN_HEADER_SIZE: Final = abi.InHeader.SIZE
 NO_REPLY: Final = frozenset((Op.FORGET, Op.BATCH_FORGET, Op.INTERRUPT))
+_SESSION_OPS: Final = frozenset((Op.INIT, Op.DESTROY))
 _MAX_ERRNO: Final = 4095  # the kernel treats larger "errors" as garbage
 _CONTEXT_CACHE_SIZE: Final = 1024
 
@@ -106,6 +108,22 @@ class FuseServer:
             return await handler(unique, nodeid, ctx, reader, writer)
         except Exception as exc:
             return replies.error(writer, unique, self._errno_of(exc, opcode))
+
+    def may_suspend(self, request: Sequence[memoryview]) -> bool:
+        """Whether serving `request` (its readable buffers) may await: True sends it to trio.
+
+        Decided from the header before anything runs, so the answer costs no side effects:
+        session start and end may await, FORGETs never do, everything else is the
+        filesystem's call for the node. A header split over buffers takes the safe answer.
+        """
+        if not request or len(request[0]) < IN_HEADER_SIZE:
+            return bool(request) and sum(map(len, request)) >= IN_HEADER_SIZE
+        _, opcode, _, nodeid, _, _, _, _, _ = IN_HEADER.unpack_from(request[0])
+        if opcode in NO_REPLY:
+            return False
+        if opcode in _SESSION_OPS or self.session is None:
+            return True
+        return self.fs.may_suspend(Ino(nodeid))
 
     def _errno_of(self, exc: Exception, opcode: int) -> int:
         """The errno a guest is told for `exc` (logging what deserves it)."""
