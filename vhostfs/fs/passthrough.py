@@ -52,8 +52,8 @@ from vhostfs.fuse.filesystem import (
     Opened,
     StatFs,
 )
+from vhostfs.virtio.guestbufs import preadv_into
 
-IOV_MAX: Final = 1024
 # Open flags a guest may not pass through: creation is a separate op, O_DIRECT needs
 # aligned buffers guest memory does not promise, O_NOFOLLOW is meaningless on a reopen.
 STRIP_FLAGS: Final = os.O_CREAT | os.O_EXCL | os.O_NOCTTY | os.O_DIRECT | os.O_NOFOLLOW
@@ -332,16 +332,7 @@ class PassthroughFilesystem(Filesystem):
 
     async def read(self, ctx: Context, ino: Ino, fh: FileHandle, offset: int,
                    bufs: Sequence[memoryview]) -> int:  # fmt: skip
-        fd = self._file(fh).fd
-        wanted = sum(map(len, bufs))
-        done = 0
-        while done < wanted:
-            views = remaining_views(bufs, done)
-            count = os.preadv(fd, views[:IOV_MAX], offset + done)
-            if count == 0:
-                break  # end of file
-            done += count
-        return done
+        return preadv_into(self._file(fh).fd, bufs, offset)
 
     async def flush(self, ctx: Context, ino: Ino, fh: FileHandle, lock_owner: int) -> None:
         # Closing a duplicate runs the host's flush-on-close (NFS, POSIX lock release).
@@ -408,20 +399,6 @@ class PassthroughFilesystem(Filesystem):
 
 def _unreachable() -> HostInode:
     raise AssertionError("node exists")
-
-
-def remaining_views(bufs: Sequence[memoryview], skip: int) -> list[memoryview]:
-    """`bufs` without their first `skip` bytes."""
-    if not skip:
-        return list(bufs)
-    out: list[memoryview] = []
-    for buf in bufs:
-        if skip >= len(buf):
-            skip -= len(buf)
-            continue
-        out.append(buf[skip:])
-        skip = 0
-    return out
 
 
 def _close(item: OpenFile | DirStream) -> None:

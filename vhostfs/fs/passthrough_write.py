@@ -63,14 +63,12 @@ from vhostfs.errors import FsError
 from vhostfs.fs import hostfd
 from vhostfs.fs.credentials import caller
 from vhostfs.fs.passthrough import (
-    IOV_MAX,
     STRIP_FLAGS,
     CachePolicy,
     HostInode,
     OpenFile,
     PassthroughFilesystem,
     attr_of,
-    remaining_views,
 )
 from vhostfs.fuse.abi import WRITE_KILL_SUIDGID  # the writer lacks CAP_FSETID
 from vhostfs.fuse.filesystem import (
@@ -83,6 +81,7 @@ from vhostfs.fuse.filesystem import (
     Opened,
     SetAttr,
 )
+from vhostfs.virtio.guestbufs import IOV_MAX, remaining_views
 
 RENAME_FLAGS: Final = hostfd.RENAME_NOREPLACE | hostfd.RENAME_EXCHANGE | hostfd.RENAME_WHITEOUT
 XATTR_FLAGS: Final = os.XATTR_CREATE | os.XATTR_REPLACE

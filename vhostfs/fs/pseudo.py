@@ -161,8 +161,14 @@ class PseudoFilesystem(Filesystem):
             return Ino(inner)  # the root filesystem keeps its own numbers, root stays 1
         return join_ino(index, inner)
 
+    def _keeps_numbers(self, index: int) -> bool:
+        """Whether mount `index` is attached at "/": its node numbers pass unchanged, so
+        its replies need no rewriting (the hot path of a plain --shared-dir export)."""
+        root = self.mounts.get("/")
+        return root is not None and root.index == index
+
     def _entry(self, index: int, entry: Entry) -> Entry:
-        if entry.ino == 0:
+        if entry.ino == 0 or self._keeps_numbers(index):
             return entry
         attr = _with_ino(entry.attr, self._outer(index, entry.attr.ino))
         return Entry(self._outer(index, entry.ino), attr, entry.entry_timeout,
@@ -227,6 +233,8 @@ class PseudoFilesystem(Filesystem):
             return self._dir_attr(ino), 0.0
         fs, index, inner = route
         attr, timeout = await fs.getattr(ctx, inner, fh)
+        if self._keeps_numbers(index):
+            return attr, timeout
         return _with_ino(attr, self._outer(index, attr.ino)), timeout
 
     async def setattr(
@@ -234,6 +242,8 @@ class PseudoFilesystem(Filesystem):
     ) -> tuple[Attr, float]:
         fs, index, inner = self._attached(ino)
         attr, timeout = await fs.setattr(ctx, inner, fh, changes)
+        if self._keeps_numbers(index):
+            return attr, timeout
         return _with_ino(attr, self._outer(index, attr.ino)), timeout
 
     def _attached(self, ino: Ino) -> tuple[Filesystem, int, Ino]:
@@ -348,6 +358,8 @@ class PseudoFilesystem(Filesystem):
         if route is not None:
             fs, index, inner = route
             entries = await fs.readdir(ctx, inner, fh, offset)
+            if self._keeps_numbers(index):
+                return entries
             return (DirEntry(self._outer(index, e.ino), e.name, e.type, e.offset) for e in entries)
         directory = self._dirs[ino]
         listing = [(b".", ino), (b"..", directory.parent)]

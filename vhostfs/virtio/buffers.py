@@ -19,6 +19,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from vhostfs.errors import ChainError
+from vhostfs.virtio.guestbufs import GuestBuffers
 
 
 def split_views(bufs: Sequence[memoryview], offset: int, size: int) -> list[memoryview]:
@@ -89,13 +90,18 @@ class ChainReader:
 
 
 class ChainWriter:
-    """Fills the device-writable bytes of a chain; `written` becomes the used length."""
+    """Fills the device-writable bytes of a chain; `written` becomes the used length.
 
-    __slots__ = ("_bufs", "capacity", "written")
+    The buffers are views, or a GuestBuffers (a many-page READ reply: addresses, views made
+    on demand) which `views` hands on as it is, so preadv fills it without any view.
+    """
 
-    def __init__(self, bufs: list[memoryview]) -> None:
+    __slots__ = ("_bufs", "_lens", "capacity", "written")
+
+    def __init__(self, bufs: list[memoryview] | GuestBuffers) -> None:
         self._bufs = bufs
-        self.capacity = sum(map(len, bufs))
+        self._lens = bufs.lens if isinstance(bufs, GuestBuffers) else list(map(len, bufs))
+        self.capacity = sum(self._lens)
         self.written = 0  # high-water mark of bytes written from the start
 
     def write_at(self, offset: int, data: bytes | bytearray | memoryview) -> None:
@@ -125,7 +131,7 @@ class ChainWriter:
         if end > self.written:
             self.written = end
 
-    def views(self, offset: int, size: int) -> list[memoryview]:
+    def views(self, offset: int, size: int) -> Sequence[memoryview]:
         """Guest-memory slices for stream bytes [offset, offset + size), for zero-copy fills.
 
         The caller reports how much it filled with `commit`.
@@ -133,11 +139,14 @@ class ChainWriter:
         if offset < 0 or size < 0 or offset + size > self.capacity:
             raise ChainError(f"reply of {offset + size} bytes exceeds the {self.capacity}")
         index, local = self._locate(offset)
+        bufs = self._bufs
         if local == 0 and offset + size == self.capacity:
-            return self._bufs[index:]  # the rest of the chain: a READ reply's pages
+            return bufs[index:]  # the rest of the chain: a READ reply's pages
+        if isinstance(bufs, GuestBuffers):
+            return bufs[index:].span(local, size)
         if index == 0 and local == 0:
-            return split_views(self._bufs, 0, size)
-        return split_views(self._bufs[index:], local, size)
+            return split_views(bufs, 0, size)
+        return split_views(bufs[index:], local, size)
 
     def commit(self, end: int) -> None:
         """Record that the stream is filled up to `end` (after writing into `views`)."""
@@ -153,10 +162,10 @@ class ChainWriter:
         it), so a walk from the first buffer takes a step or two; no table of buffer offsets
         is built for the 257 buffers of a 1 MiB READ.
         """
-        bufs = self._bufs
-        last = len(bufs) - 1
+        lens = self._lens
+        last = len(lens) - 1
         index = 0
-        while index < last and offset >= len(bufs[index]):
-            offset -= len(bufs[index])
+        while index < last and offset >= lens[index]:
+            offset -= lens[index]
             index += 1
         return index, offset

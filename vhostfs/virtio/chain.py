@@ -18,12 +18,12 @@ the chain to the driver with used length 0.
 from __future__ import annotations
 
 import functools
-import operator
 import struct
 from dataclasses import dataclass, field
 from typing import Final
 
 from vhostfs.errors import ChainError
+from vhostfs.virtio.guestbufs import GuestBuffers
 from vhostfs.virtio.memory import GuestMemory
 
 # Descriptor flags shared by split and packed rings (virtio 1.2, 2.7.5 / 2.8.12).
@@ -39,13 +39,23 @@ MAX_INDIRECT: Final = 1024
 DESCRIPTOR: Final = struct.Struct("<QIHH")
 
 
+# Tables longer than this take the column-wise fast path; on shorter ones (every request
+# but a multi-page READ or WRITE) its fixed cost loses to the plain loop (measured: 4
+# entries 2.9 us looped against 5.6 us column-wise, even at 16).
+COLUMNAR_MIN: Final = 16
+
+# A chain with at least this many writable buffers keeps them as a GuestBuffers (addresses,
+# no views): a READ reply of many pages. Below it, views are cheaper than the ctypes call.
+MANY_BUFFERS: Final = 8
+
+
 @dataclass(slots=True)
 class Chain:
     """One popped request: its id for the used ring and its guest buffers."""
 
     head: int  # split: head descriptor index; packed: buffer id
     readable: list[memoryview] = field(default_factory=list)
-    writable: list[memoryview] = field(default_factory=list)
+    writable: list[memoryview] | GuestBuffers = field(default_factory=list)
     ring_descs: int = 1  # descriptors it occupied in the ring (packed rings need it)
     error: str | None = None  # set when the chain was malformed: answer with length 0
 
@@ -56,6 +66,7 @@ def add_buffer(memory: GuestMemory, chain: Chain, addr: int, length: int, writab
         return
     views = memory.views(addr, length)
     if writable:
+        assert isinstance(chain.writable, list)  # GuestBuffers only come from walk_indirect
         chain.writable.extend(views)
     elif chain.writable:
         raise ChainError("readable descriptor after a writable one")
@@ -106,12 +117,27 @@ def _walk_sequential(
     tail = flags[first_write:]
     if any(kind in tail for kind in kinds if not kind & F_WRITE):
         return False  # a readable descriptor after a writable one: let the walk report it
-    base, end, region = memory.hot_region()
-    if min(addrs) < base or max(map(operator.add, addrs, lengths)) > end:
+    mapped = memory.hot_mapping()
+    if mapped is None:
         return False
-    views = [region[a - base : a - base + n] for a, n in zip(addrs, lengths, strict=True)]
-    chain.readable.extend(views[:first_write])
-    chain.writable.extend(views[first_write:])
+    base, region = mapped.gpa, mapped.view
+    # The largest address plus the largest length bounds every buffer's end without adding
+    # 259 pairs; a table this misses (buffers near the region's end) takes the exact walk.
+    if min(addrs) < base or max(addrs) + max(lengths) > mapped.gpa_end:
+        return False
+    chain.readable = [
+        region[a - base : a - base + n]
+        for a, n in zip(addrs[:first_write], lengths[:first_write], strict=True)
+    ]
+    if count - first_write >= MANY_BUFFERS:
+        # region[:] is a view of our own: it keeps the mapping alive for the raw addresses.
+        out = addrs[first_write:], lengths[first_write:]
+        chain.writable = GuestBuffers(region[:], base, mapped.host, *out)
+    else:
+        chain.writable = [
+            region[a - base : a - base + n]
+            for a, n in zip(addrs[first_write:], lengths[first_write:], strict=True)
+        ]
     return True
 
 
@@ -130,10 +156,11 @@ def walk_indirect(memory: GuestMemory, chain: Chain, table: memoryview, packed: 
     """
     count = len(table) // DESCRIPTOR.size
     flat = _table_struct(count).unpack(table)
-    if _walk_sequential(memory, chain, flat, count, packed):
+    if count > COLUMNAR_MIN and _walk_sequential(memory, chain, flat, count, packed):
         return
     rows = list(zip(flat[0::4], flat[1::4], flat[2::4], flat[3::4], strict=True))
     readable, writable = chain.readable, chain.writable
+    assert isinstance(writable, list)  # the fast path above did not take this chain
     base, end, region = memory.hot_region()
     last_end = -1  # guest address right after the previous buffer, for merging
     index = 0

@@ -15,6 +15,7 @@ This is the only module that uses mmap (style-models.md, section 3).
 
 from __future__ import annotations
 
+import ctypes
 import itertools
 import mmap
 import os
@@ -32,6 +33,7 @@ class MappedRegion:
     mmap_offset: int  # where the region starts in its fd
     mapping: mmap.mmap
     view: memoryview  # exactly the region's bytes
+    host: int  # our virtual address of view[0] (for iovecs handed to the kernel)
 
     @property
     def gpa_end(self) -> int:
@@ -72,6 +74,9 @@ def map_region(region: MemRegion, fd: int) -> MappedRegion:
     except (OSError, ValueError, OverflowError) as exc:
         raise VhostUserProtocolError(f"cannot map memory region {region}: {exc}") from exc
     view = memoryview(mapping)[slack : slack + region.memory_size]
+    anchor = ctypes.c_char.from_buffer(mapping, slack)  # an export of its own: drop it now
+    host = ctypes.addressof(anchor)
+    del anchor
     return MappedRegion(
         region.guest_phys_addr,
         region.userspace_addr,
@@ -79,6 +84,7 @@ def map_region(region: MemRegion, fd: int) -> MappedRegion:
         region.mmap_offset,
         mapping,
         view,
+        host,
     )
 
 
@@ -157,6 +163,10 @@ class GuestMemory:
         if region is None:
             return 0, 0, memoryview(b"")
         return region.gpa, region.gpa + region.size, region.view
+
+    def hot_mapping(self) -> MappedRegion | None:
+        """The most recently used region itself (its view and host address), if any."""
+        return self._last
 
     def view(self, gpa: int, size: int) -> memoryview:
         """The guest-physical range [gpa, gpa + size) as one view; it must fit one region."""

@@ -120,8 +120,8 @@ class PackedQueue:
         try:
             self._translate(chain, slots)
         except (ChainError, GuestMemoryError) as exc:
-            chain.readable.clear()
-            chain.writable.clear()
+            chain.readable = []
+            chain.writable = []
             chain.error = str(exc)
         self._advance(len(slots))
         return chain

@@ -105,8 +105,8 @@ class SplitQueue:
         try:
             self._walk(chain)
         except (ChainError, GuestMemoryError) as exc:
-            chain.readable.clear()
-            chain.writable.clear()
+            chain.readable = []
+            chain.writable = []
             chain.error = str(exc)
         return chain
 

@@ -9,6 +9,7 @@ import pytest
 from tests.unit.virtio.conftest import MEM
 from vhostfs.errors import ChainError, GuestMemoryError
 from vhostfs.virtio.chain import DESCRIPTOR, F_INDIRECT, F_NEXT, F_WRITE, MAX_INDIRECT
+from vhostfs.virtio.guestbufs import GuestBuffers
 from vhostfs.virtio.memory import GuestMemory
 from vhostfs.virtio.ring import SplitQueue
 
@@ -184,3 +185,6 @@ def test_sequential_and_linked_tables_give_the_same_buffers(
         assert [len(v) for v in chain.writable] == [n for _, n in pages]
     memory.view(DATA + 0x10000, 0x200 * 200)[:] = bytes(range(256)) * (0x200 * 200 // 256)
     assert [bytes(v) for v in fast.writable] == [bytes(v) for v in linked.writable]
+    # A long READ reply's pages stay addresses (no view each) on the fast path only.
+    assert isinstance(fast.writable, GuestBuffers) == (writes == 200)
+    assert isinstance(linked.writable, list)
