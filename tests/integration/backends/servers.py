@@ -65,6 +65,16 @@ class LogTail:
         with self.cond:
             return [x for x in self.lines if re.search(pattern, x)]
 
+    def matching_at_least(self, pattern: str, count: int,
+                          timeout: float = START_TIMEOUT) -> list[str]:  # fmt: skip
+        """The matching lines once there are `count` of them: a server logs a request after
+        answering it, so the client can be ahead of the log."""
+        regex = re.compile(pattern)
+        with self.cond:
+            self.cond.wait_for(lambda: sum(bool(regex.search(x)) for x in self.lines) >= count,
+                               timeout)  # fmt: skip
+            return [x for x in self.lines if regex.search(x)]
+
 
 @contextmanager
 def running(argv: list[str], ready: str, env: dict[str, str] | None = None) -> Iterator[LogTail]:
@@ -214,8 +224,9 @@ class Registry:
             assert done.status_code == 201, done.text
         return digest.removeprefix("sha256:")
 
-    def blob_gets(self, blob: str) -> list[str]:
-        return self.log.matching(rf'"GET /v2/[^ ]*/blobs/sha256:{blob} ')
+    def blob_gets(self, blob: str, at_least: int = 0) -> list[str]:
+        """The access-log lines of GETs of `blob`, after waiting for `at_least` of them."""
+        return self.log.matching_at_least(rf'"GET /v2/[^ ]*/blobs/sha256:{blob} ', at_least)
 
 
 def registry_binary() -> str:

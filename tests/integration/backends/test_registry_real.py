@@ -45,7 +45,7 @@ async def test_anonymous_ranges_only_what_was_asked(anonymous: Registry) -> None
     assert list(reg.metrics.recent) == [(blob, o, s) for o, s in ranges]
     assert reg.metrics.read_amount_total == sum(s for _, s in ranges)  # never the whole blob
     # the registry saw one blob GET per read plus the size probe, nothing else
-    assert len(anonymous.blob_gets(blob)) == len(ranges) + 1
+    assert len(anonymous.blob_gets(blob, at_least=len(ranges) + 1)) == len(ranges) + 1
     with pytest.raises(BlobNotFound):
         await reg.read_range(BlobId("0" * 64), 0, 10)
     await reg.aclose()
@@ -62,7 +62,7 @@ async def test_cache_over_real_registry(anonymous: Registry, tmp_path: Path) -> 
     assert await handle.read_chunks([specs[1], specs[4]], ZlibSha256Codec()) == [
         contents[1], contents[4]]
     assert await handle.read_chunks([specs[4]], ZlibSha256Codec()) == [contents[4]]
-    assert len(anonymous.blob_gets(blob)) == 2
+    assert len(anonymous.blob_gets(blob, at_least=2)) == 2
     await cache.aclose()
 
 
