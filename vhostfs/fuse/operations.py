@@ -75,11 +75,11 @@ class Operations:
         return replies.entry(writer, unique, await self.fs.lookup(ctx, _ino(nodeid), name))
 
     def forget(self, nodeid: int, reader: ChainReader) -> None:
-        (nlookup,) = abi.ForgetIn.STRUCT.unpack(reader.read(abi.ForgetIn.SIZE))
+        (nlookup,) = reader.unpack(abi.ForgetIn.STRUCT)
         self.fs.forget(_ino(nodeid), nlookup)
 
     def batch_forget(self, reader: ChainReader, log: RateLimitedLog) -> None:
-        count, _ = abi.BatchForgetIn.STRUCT.unpack(reader.read(abi.BatchForgetIn.SIZE))
+        count, _ = reader.unpack(abi.BatchForgetIn.STRUCT)
         present = reader.remaining // abi.ForgetOne.SIZE
         if count != present or reader.remaining % abi.ForgetOne.SIZE:
             log.warning("FUSE BATCH_FORGET: count %d, %d entries present", count, present)
@@ -89,7 +89,7 @@ class Operations:
 
     async def getattr(self, unique: int, nodeid: int, ctx: Context,
                       reader: ChainReader, writer: ChainWriter) -> int:  # fmt: skip
-        flags, _, fh = _GETATTR_IN.unpack(reader.read(16))
+        flags, _, fh = reader.unpack(_GETATTR_IN)
         handle = _fh(fh) if flags & abi.GETATTR_FH else None
         attr, timeout = await self.fs.getattr(ctx, _ino(nodeid), handle)
         return replies.attr(writer, unique, attr, timeout)
@@ -112,7 +112,7 @@ class Operations:
 
     async def access(self, unique: int, nodeid: int, ctx: Context,
                      reader: ChainReader, writer: ChainWriter) -> int:  # fmt: skip
-        mask, _ = abi.AccessIn.STRUCT.unpack(reader.read(abi.AccessIn.SIZE))
+        mask, _ = reader.unpack(abi.AccessIn.STRUCT)
         await self.fs.access(ctx, _ino(nodeid), mask)
         return replies.empty(writer, unique)
 
@@ -128,14 +128,14 @@ class Operations:
 
     async def mknod(self, unique: int, nodeid: int, ctx: Context,
                     reader: ChainReader, writer: ChainWriter) -> int:  # fmt: skip
-        mode, rdev, umask, _ = abi.MknodIn.STRUCT.unpack(reader.read(abi.MknodIn.SIZE))
+        mode, rdev, umask, _ = reader.unpack(abi.MknodIn.STRUCT)
         name = one_name(reader)
         new = await self.fs.mknod(ctx, _ino(nodeid), name, mode, rdev, umask)
         return replies.entry(writer, unique, new)
 
     async def mkdir(self, unique: int, nodeid: int, ctx: Context,
                     reader: ChainReader, writer: ChainWriter) -> int:  # fmt: skip
-        mode, umask = abi.MkdirIn.STRUCT.unpack(reader.read(abi.MkdirIn.SIZE))
+        mode, umask = reader.unpack(abi.MkdirIn.STRUCT)
         new = await self.fs.mkdir(ctx, _ino(nodeid), one_name(reader), mode, umask)
         return replies.entry(writer, unique, new)
 
@@ -151,21 +151,21 @@ class Operations:
 
     async def rename(self, unique: int, nodeid: int, ctx: Context,
                      reader: ChainReader, writer: ChainWriter) -> int:  # fmt: skip
-        (newdir,) = abi.RenameIn.STRUCT.unpack(reader.read(abi.RenameIn.SIZE))
+        (newdir,) = reader.unpack(abi.RenameIn.STRUCT)
         old, new = two_names(reader)
         await self.fs.rename(ctx, _ino(nodeid), old, _ino(newdir), new, 0)
         return replies.empty(writer, unique)
 
     async def rename2(self, unique: int, nodeid: int, ctx: Context,
                       reader: ChainReader, writer: ChainWriter) -> int:  # fmt: skip
-        newdir, flags, _ = abi.Rename2In.STRUCT.unpack(reader.read(abi.Rename2In.SIZE))
+        newdir, flags, _ = reader.unpack(abi.Rename2In.STRUCT)
         old, new = two_names(reader)
         await self.fs.rename(ctx, _ino(nodeid), old, _ino(newdir), new, flags)
         return replies.empty(writer, unique)
 
     async def link(self, unique: int, nodeid: int, ctx: Context,
                    reader: ChainReader, writer: ChainWriter) -> int:  # fmt: skip
-        (old,) = abi.LinkIn.STRUCT.unpack(reader.read(abi.LinkIn.SIZE))
+        (old,) = reader.unpack(abi.LinkIn.STRUCT)
         new = await self.fs.link(ctx, _ino(old), _ino(nodeid), one_name(reader))
         return replies.entry(writer, unique, new)
 
@@ -173,12 +173,12 @@ class Operations:
 
     async def open(self, unique: int, nodeid: int, ctx: Context,
                    reader: ChainReader, writer: ChainWriter) -> int:  # fmt: skip
-        flags, _ = abi.OpenIn.STRUCT.unpack(reader.read(abi.OpenIn.SIZE))
+        flags, _ = reader.unpack(abi.OpenIn.STRUCT)
         return replies.opened(writer, unique, await self.fs.open(ctx, _ino(nodeid), flags))
 
     async def create(self, unique: int, nodeid: int, ctx: Context,
                      reader: ChainReader, writer: ChainWriter) -> int:  # fmt: skip
-        flags, mode, umask, _ = abi.CreateIn.STRUCT.unpack(reader.read(abi.CreateIn.SIZE))
+        flags, mode, umask, _ = reader.unpack(abi.CreateIn.STRUCT)
         name = one_name(reader)
         new, handle = await self.fs.create(ctx, _ino(nodeid), name, mode, flags, umask)
         return replies.created(writer, unique, new, handle)
@@ -187,14 +187,14 @@ class Operations:
                       reader: ChainReader, writer: ChainWriter) -> int:  # fmt: skip
         # Laid out as CREATE (Linux fuse_create_open): the name is the VFS's placeholder
         # for the unnamed dentry ("/"), required to be there but meaningless.
-        flags, mode, umask, _ = abi.CreateIn.STRUCT.unpack(reader.read(abi.CreateIn.SIZE))
+        flags, mode, umask, _ = reader.unpack(abi.CreateIn.STRUCT)
         cstrings(rest(reader), 1)
         new, handle = await self.fs.tmpfile(ctx, _ino(nodeid), mode, flags, umask)
         return replies.created(writer, unique, new, handle)
 
     async def read(self, unique: int, nodeid: int, ctx: Context,
                    reader: ChainReader, writer: ChainWriter) -> int:  # fmt: skip
-        fh, offset, size, _, _, _, _ = _READ_IN.unpack(reader.read(40))
+        fh, offset, size, _, _, _, _ = reader.unpack(_READ_IN)
         size = min(size, writer.capacity - HDR)
         bufs = writer.views(HDR, size) if size else []
         count = await self.fs.read(ctx, _ino(nodeid), _fh(fh), offset, bufs)
@@ -206,7 +206,7 @@ class Operations:
 
     async def write(self, unique: int, nodeid: int, ctx: Context,
                     reader: ChainReader, writer: ChainWriter) -> int:  # fmt: skip
-        fh, offset, size, write_flags, _, _, _ = _WRITE_IN.unpack(reader.read(40))
+        fh, offset, size, write_flags, _, _, _ = reader.unpack(_WRITE_IN)
         if size != reader.remaining:
             raise BadRequest(f"WRITE of {size} bytes with {reader.remaining} present")
         data = reader.views(size)
@@ -215,19 +215,19 @@ class Operations:
 
     async def flush(self, unique: int, nodeid: int, ctx: Context,
                     reader: ChainReader, writer: ChainWriter) -> int:  # fmt: skip
-        fh, _, _, owner = abi.FlushIn.STRUCT.unpack(reader.read(abi.FlushIn.SIZE))
+        fh, _, _, owner = reader.unpack(abi.FlushIn.STRUCT)
         await self.fs.flush(ctx, _ino(nodeid), _fh(fh), owner)
         return replies.empty(writer, unique)
 
     async def release(self, unique: int, nodeid: int, ctx: Context,
                       reader: ChainReader, writer: ChainWriter) -> int:  # fmt: skip
-        fh, flags, _, _ = abi.ReleaseIn.STRUCT.unpack(reader.read(abi.ReleaseIn.SIZE))
+        fh, flags, _, _ = reader.unpack(abi.ReleaseIn.STRUCT)
         await self.fs.release(ctx, _ino(nodeid), _fh(fh), flags)
         return replies.empty(writer, unique)
 
     async def fsync(self, unique: int, nodeid: int, ctx: Context,
                     reader: ChainReader, writer: ChainWriter) -> int:  # fmt: skip
-        fh, flags, _ = abi.FsyncIn.STRUCT.unpack(reader.read(abi.FsyncIn.SIZE))
+        fh, flags, _ = reader.unpack(abi.FsyncIn.STRUCT)
         await self.fs.fsync(ctx, _ino(nodeid), _fh(fh), bool(flags & abi.FSYNC_FDATASYNC))
         return replies.empty(writer, unique)
 
@@ -241,7 +241,7 @@ class Operations:
 
     async def lseek(self, unique: int, nodeid: int, ctx: Context,
                     reader: ChainReader, writer: ChainWriter) -> int:  # fmt: skip
-        fh, offset, whence, _ = abi.LseekIn.STRUCT.unpack(reader.read(abi.LseekIn.SIZE))
+        fh, offset, whence, _ = reader.unpack(abi.LseekIn.STRUCT)
         result = await self.fs.lseek(ctx, _ino(nodeid), _fh(fh), offset, whence)
         return replies.record(writer, unique, abi.LseekOut(result))
 
@@ -262,13 +262,13 @@ class Operations:
 
     async def getxattr(self, unique: int, nodeid: int, ctx: Context,
                        reader: ChainReader, writer: ChainWriter) -> int:  # fmt: skip
-        size, _ = abi.GetxattrIn.STRUCT.unpack(reader.read(abi.GetxattrIn.SIZE))
+        size, _ = reader.unpack(abi.GetxattrIn.STRUCT)
         value = await self.fs.getxattr(ctx, _ino(nodeid), xattr_name(rest(reader)))
         return _sized_reply(writer, unique, size, value)
 
     async def listxattr(self, unique: int, nodeid: int, ctx: Context,
                         reader: ChainReader, writer: ChainWriter) -> int:  # fmt: skip
-        size, _ = abi.GetxattrIn.STRUCT.unpack(reader.read(abi.GetxattrIn.SIZE))
+        size, _ = reader.unpack(abi.GetxattrIn.STRUCT)
         names = await self.fs.listxattr(ctx, _ino(nodeid))
         return _sized_reply(writer, unique, size, b"".join(n + b"\0" for n in names))
 
@@ -281,24 +281,24 @@ class Operations:
 
     async def opendir(self, unique: int, nodeid: int, ctx: Context,
                       reader: ChainReader, writer: ChainWriter) -> int:  # fmt: skip
-        flags, _ = abi.OpenIn.STRUCT.unpack(reader.read(abi.OpenIn.SIZE))
+        flags, _ = reader.unpack(abi.OpenIn.STRUCT)
         return replies.opened(writer, unique, await self.fs.opendir(ctx, _ino(nodeid), flags))
 
     async def releasedir(self, unique: int, nodeid: int, ctx: Context,
                          reader: ChainReader, writer: ChainWriter) -> int:  # fmt: skip
-        fh, _, _, _ = abi.ReleaseIn.STRUCT.unpack(reader.read(abi.ReleaseIn.SIZE))
+        fh, _, _, _ = reader.unpack(abi.ReleaseIn.STRUCT)
         await self.fs.releasedir(ctx, _ino(nodeid), _fh(fh))
         return replies.empty(writer, unique)
 
     async def fsyncdir(self, unique: int, nodeid: int, ctx: Context,
                        reader: ChainReader, writer: ChainWriter) -> int:  # fmt: skip
-        fh, flags, _ = abi.FsyncIn.STRUCT.unpack(reader.read(abi.FsyncIn.SIZE))
+        fh, flags, _ = reader.unpack(abi.FsyncIn.STRUCT)
         await self.fs.fsyncdir(ctx, _ino(nodeid), _fh(fh), bool(flags & abi.FSYNC_FDATASYNC))
         return replies.empty(writer, unique)
 
     async def readdir(self, unique: int, nodeid: int, ctx: Context,
                       reader: ChainReader, writer: ChainWriter) -> int:  # fmt: skip
-        fh, offset, size, _, _, _, _ = _READ_IN.unpack(reader.read(40))
+        fh, offset, size, _, _, _, _ = reader.unpack(_READ_IN)
         limit = min(size, writer.capacity - HDR)
         buf = bytearray()
         entries = await self.fs.readdir(ctx, _ino(nodeid), _fh(fh), offset)
@@ -313,7 +313,7 @@ class Operations:
 
     async def readdirplus(self, unique: int, nodeid: int, ctx: Context,
                           reader: ChainReader, writer: ChainWriter) -> int:  # fmt: skip
-        fh, offset, size, _, _, _, _ = _READ_IN.unpack(reader.read(40))
+        fh, offset, size, _, _, _, _ = reader.unpack(_READ_IN)
         limit = min(size, writer.capacity - HDR)
         buf = bytearray()
         entries = await self.fs.readdir(ctx, _ino(nodeid), _fh(fh), offset)

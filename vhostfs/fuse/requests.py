@@ -79,7 +79,7 @@ def setxattr(reader: ChainReader, extended: bool) -> tuple[bytes, bytes, int]:
             reader.read(abi.SetxattrIn.SIZE)
         )
     else:
-        size, flags = abi.SetxattrInCompat.STRUCT.unpack(reader.read(abi.SetxattrInCompat.SIZE))
+        size, flags = reader.unpack(abi.SetxattrInCompat.STRUCT)
     data = rest(reader)
     end = data.find(b"\0")
     if end <= 0:

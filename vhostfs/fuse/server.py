@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import errno
 import logging
+import struct
 from collections.abc import Sequence
 from typing import Final
 
@@ -51,6 +52,8 @@ IN_HEADER: Final = abi.InHeader.STRUCT
 IN_HEADER_SIZE: Final = abi.InHeader.SIZE
 NO_REPLY: Final = frozenset((Op.FORGET, Op.BATCH_FORGET, Op.INTERRUPT))
 _SESSION_OPS: Final = frozenset((Op.INIT, Op.DESTROY))
+# fuse_in_header's opcode and nodeid only (len u32, opcode u32, unique u64, nodeid u64).
+_OPCODE_NODEID: Final = struct.Struct("<4xI8xQ")
 _MAX_ERRNO: Final = 4095  # the kernel treats larger "errors" as garbage
 _CONTEXT_CACHE_SIZE: Final = 1024
 
@@ -81,9 +84,7 @@ class FuseServer:
         """
         if reader.remaining < IN_HEADER_SIZE:
             return self._short_header(reader, writer)
-        length, opcode, unique, nodeid, uid, gid, pid, extlen, _ = IN_HEADER.unpack(
-            reader.read(IN_HEADER_SIZE)
-        )
+        length, opcode, unique, nodeid, uid, gid, pid, extlen, _ = reader.unpack(IN_HEADER)
         if opcode in NO_REPLY:
             return await self._no_reply(opcode, length, nodeid, extlen, reader)
         if writer.capacity < replies.OUT_HEADER_SIZE:
@@ -118,7 +119,7 @@ class FuseServer:
         """
         if not request or len(request[0]) < IN_HEADER_SIZE:
             return bool(request) and sum(map(len, request)) >= IN_HEADER_SIZE
-        _, opcode, _, nodeid, _, _, _, _, _ = IN_HEADER.unpack_from(request[0])
+        opcode, nodeid = _OPCODE_NODEID.unpack_from(request[0])
         if opcode in NO_REPLY:
             return False
         if opcode in _SESSION_OPS or self.session is None:

@@ -16,7 +16,9 @@ the writable part; both raise ChainError instead.
 
 from __future__ import annotations
 
+import struct
 from collections.abc import Sequence
+from typing import Any
 
 from vhostfs.errors import ChainError
 from vhostfs.virtio.guestbufs import GuestBuffers
@@ -57,6 +59,29 @@ class ChainReader:
         if size > self.remaining or size < 0:
             raise ChainError(f"request needs {size} bytes, {self.remaining} readable")
         return bytes(self._take(size)) if size else b""
+
+    def unpack(self, layout: struct.Struct) -> tuple[Any, ...]:
+        """The next `layout.size` bytes, decoded (ChainError if fewer are readable).
+
+        A header or an argument block inside one descriptor (the common case) is decoded in
+        place, without the slice and the copy that `read` makes.
+        """
+        size = layout.size
+        if size > self.remaining:
+            raise ChainError(f"request needs {size} bytes, {self.remaining} readable")
+        buf = self._bufs[self._index]
+        start = self._offset
+        end = start + size
+        if end > len(buf):
+            return layout.unpack(self.read(size))
+        values = layout.unpack_from(buf, start)
+        self.remaining -= size
+        if end == len(buf):
+            self._index += 1
+            self._offset = 0
+        else:
+            self._offset = end
+        return values
 
     def views(self, size: int) -> list[memoryview]:
         """The next `size` readable bytes as guest-memory slices, consumed (zero-copy)."""

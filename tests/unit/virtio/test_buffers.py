@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import itertools
+import struct
 
 import pytest
 from hypothesis import given
@@ -25,11 +26,16 @@ def test_reads_in_any_pieces_give_the_stream(
     out = b""
     while reader.remaining:
         size = draw.draw(st.integers(1, reader.remaining))
-        if draw.draw(st.booleans()):
+        how = draw.draw(st.sampled_from(["read", "views", "unpack"]))
+        if how == "read":
             out += reader.read(size)
-        else:
+        elif how == "views":
             out += b"".join(bytes(v) for v in reader.views(size))
+        else:  # decoded in place when inside one buffer, through a copy when split
+            out += struct.Struct(f"{size}s").pack(*reader.unpack(struct.Struct(f"{size}s")))
     assert out == data
+    with pytest.raises(ChainError):
+        reader.unpack(struct.Struct("B"))
 
 
 @given(st.integers(1, 300), st.lists(st.integers(0, 300), max_size=6), st.data())
