@@ -87,6 +87,9 @@ class PseudoFilesystem(Filesystem):
         self._by_index: dict[int, Mount] = {}
         self._free: deque[int] = deque(range(1, MAX_MOUNTS + 1))
         self._started = time.time()
+        # Whether some attached filesystem may await (may_suspend of its root stands for the
+        # whole filesystem); kept on attach/detach so the common case costs one test.
+        self._any_may_suspend = False
 
     # -- attaching -----------------------------------------------------------------------
 
@@ -111,6 +114,7 @@ class PseudoFilesystem(Filesystem):
         await fs.init()
         self.mounts[mount.path] = mount
         self._by_index[mount.index] = mount
+        self._any_may_suspend = self._any_may_suspend or fs.may_suspend(ROOT_INO)
         if parts:
             parent.children[parts[-1]] = mount
         return mount
@@ -121,6 +125,7 @@ class PseudoFilesystem(Filesystem):
         if mount is None:
             raise FsError(errno.ENOENT, "object or filesystem doesn't exist")
         del self._by_index[mount.index]
+        self._any_may_suspend = any(m.fs.may_suspend(ROOT_INO) for m in self.mounts.values())
         parts = _parts(mount.path)
         if parts:
             del self._dirs[mount.parent].children[parts[-1]]
@@ -211,6 +216,8 @@ class PseudoFilesystem(Filesystem):
         return Entry(child, self._dir_attr(child), 0.0, 0.0)
 
     def may_suspend(self, ino: Ino) -> bool:
+        if not self._any_may_suspend:
+            return False  # every attached filesystem serves inline: no routing needed
         try:
             route = self._route(ino)
         except FsError:

@@ -127,3 +127,26 @@ async def test_filesystem_at_root_decides_the_session_options() -> None:
     inner = MemoryFilesystem(FsOptions(readdirplus=False))
     await root.attach("/", inner, "PassthroughFs")
     assert not (await root.init()).readdirplus
+
+
+async def test_may_suspend_follows_the_filesystem_that_owns_the_node() -> None:
+    """What a queue thread may serve inline: nodes of inline filesystems, and the pseudo
+    directories only while no attached filesystem may await (a lookup of a mount point asks
+    that filesystem for its root)."""
+    root = PseudoFilesystem()
+    inline = MemoryFilesystem()
+    inline.add(ROOT_INO, b"file", stat.S_IFREG | 0o644, data=b"x")
+    await root.attach("/shared", inline, "PassthroughFs")
+    shared_file = await walk(root, "/shared/file")
+    assert not root.may_suspend(ROOT_INO) and not root.may_suspend(shared_file)
+
+    awaiting = MemoryFilesystem(awaiting=True)
+    awaiting.add(ROOT_INO, b"file", stat.S_IFREG | 0o644, data=b"y")
+    await root.attach("/rafs/c1", awaiting, "Rafs")
+    image_file = await walk(root, "/rafs/c1/file")
+    assert root.may_suspend(image_file)
+    assert root.may_suspend(ROOT_INO)  # its lookups may reach the image's root
+    assert not root.may_suspend(shared_file)
+
+    await root.detach("/rafs/c1")
+    assert not root.may_suspend(ROOT_INO)
