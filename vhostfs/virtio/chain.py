@@ -20,7 +20,7 @@ from __future__ import annotations
 import functools
 import struct
 from dataclasses import dataclass, field
-from typing import Final
+from typing import Final, cast
 
 from vhostfs.errors import ChainError
 from vhostfs.virtio.guestbufs import GuestBuffers
@@ -87,6 +87,37 @@ def indirect_table(memory: GuestMemory, addr: int, length: int) -> memoryview:
 def _table_struct(count: int) -> struct.Struct:
     """One struct for a whole table of `count` descriptors: a single C call decodes it."""
     return struct.Struct("<" + "QIHH" * count)
+
+
+def _walk_known_or_columns(
+    memory: GuestMemory, chain: Chain, table: memoryview, count: int, packed: bool
+) -> bool:
+    """The column-wise walk of our own copy of the table, remembered per memory table.
+
+    The copy is decoded, never the guest's table, so nothing the guest writes meanwhile can
+    slip between the checks and the use; and the same bytes always decode to the same
+    buffers, so a guest that reuses its I/O buffers (dd, a read loop: the same table each
+    time) finds its table decoded, its READ pages' iovec array already packed.
+    """
+    key = (packed, bytes(table))
+    known = memory.translations.get(key)
+    if known is not None:
+        readable, writable = cast(_Decoded, known)
+        chain.readable = list(readable)
+        chain.writable = writable if isinstance(writable, GuestBuffers) else list(writable)
+        return True
+    if not _walk_columns(memory, chain, memoryview(key[1]), count, packed):
+        return False
+    out = chain.writable
+    shared = out if isinstance(out, GuestBuffers) else tuple(out)
+    decoded: _Decoded = (tuple(chain.readable), shared)
+    memory.remember(key, decoded)
+    return True
+
+
+# A remembered walk: the readable views and the writable ones (views, or GuestBuffers, which
+# never change after construction and so can be shared by every chain with the same table).
+_Decoded = tuple[tuple[memoryview, ...], "tuple[memoryview, ...] | GuestBuffers"]
 
 
 def _walk_columns(
@@ -163,7 +194,7 @@ def walk_indirect(memory: GuestMemory, chain: Chain, table: memoryview, packed: 
     iovecs for preadv/pwritev, fewer objects).
     """
     count = len(table) // DESCRIPTOR.size
-    if count > COLUMNAR_MIN and _walk_columns(memory, chain, table, count, packed):
+    if count > COLUMNAR_MIN and _walk_known_or_columns(memory, chain, table, count, packed):
         return
     flat = _table_struct(count).unpack(table)
     rows = list(zip(flat[0::4], flat[1::4], flat[2::4], flat[3::4], strict=True))

@@ -44,7 +44,7 @@ def _iovec_struct(count: int) -> struct.Struct:
 class GuestBuffers(Sequence[memoryview]):
     """Buffers inside one mapped region of guest memory, in chain order (see module doc)."""
 
-    __slots__ = ("_base", "_host", "_region", "gpas", "lens")
+    __slots__ = ("_base", "_host", "_iovecs", "_region", "_tails", "gpas", "lens")
 
     def __init__(
         self,
@@ -59,6 +59,10 @@ class GuestBuffers(Sequence[memoryview]):
         self._host = host  # our virtual address of region[0]
         self.gpas = gpas  # every [gpa, gpa + len) lies inside the region (checked by the walk)
         self.lens = lens
+        # Never changed after construction, so a chain walk may hand the same object to every
+        # request that sends the same table (chain.py); these memos then pay off each time.
+        self._iovecs: bytes | None = None  # all buffers packed as struct iovec
+        self._tails: dict[int, GuestBuffers] = {}  # self[k:] by k (a READ reply's pages)
 
     def __len__(self) -> int:
         return len(self.lens)
@@ -69,11 +73,19 @@ class GuestBuffers(Sequence[memoryview]):
     def __getitem__(self, index: slice) -> GuestBuffers: ...
     def __getitem__(self, index: int | slice) -> memoryview | GuestBuffers:
         if isinstance(index, slice):
-            return GuestBuffers(
-                self._region, self._base, self._host, self.gpas[index], self.lens[index]
-            )
+            if index.stop is None and index.step is None and isinstance(index.start, int):
+                tail = self._tails.get(index.start)
+                if tail is None:
+                    tail = self._tails[index.start] = self._slice(index)
+                return tail
+            return self._slice(index)
         start = self.gpas[index] - self._base
         return self._region[start : start + self.lens[index]]
+
+    def _slice(self, index: slice) -> GuestBuffers:
+        return GuestBuffers(
+            self._region, self._base, self._host, self.gpas[index], self.lens[index]
+        )
 
     def __iter__(self) -> Iterator[memoryview]:
         region, base = self._region, self._base
@@ -108,7 +120,7 @@ class GuestBuffers(Sequence[memoryview]):
         while done < wanted:  # every pass reads at least one byte or ends the loop
             rest = self.span(done, wanted - done) if done else self
             count = min(len(rest), IOV_MAX)
-            iovecs = _iovec_struct(count).pack(*rest._iovec_fields(count))
+            iovecs = rest._packed(count)
             got = _preadv(fd, iovecs, count, offset + done)
             if got < 0:
                 code = ctypes.get_errno()
@@ -119,6 +131,14 @@ class GuestBuffers(Sequence[memoryview]):
                 break
             done += got
         return done
+
+    def _packed(self, count: int) -> bytes:
+        """The first `count` buffers as an iovec array (all of them: packed once, kept)."""
+        if count < len(self.lens):
+            return _iovec_struct(count).pack(*self._iovec_fields(count))
+        if self._iovecs is None:
+            self._iovecs = _iovec_struct(count).pack(*self._iovec_fields(count))
+        return self._iovecs
 
     def _iovec_fields(self, count: int) -> list[int]:
         """[base0, len0, base1, len1, ...] for the first `count` buffers, in C-level steps."""
@@ -135,7 +155,12 @@ def preadv_into(fd: int, bufs: Sequence[memoryview], offset: int) -> int:
     if isinstance(bufs, GuestBuffers):
         return bufs.preadv(fd, offset)
     wanted = sum(map(len, bufs))
-    done = 0
+    if len(bufs) <= IOV_MAX:
+        done = os.preadv(fd, bufs, offset)  # the common case: all of it in one call
+        if done in (0, wanted):
+            return done
+    else:
+        done = 0
     while done < wanted:
         views = remaining_views(bufs, done)
         count = os.preadv(fd, views[:IOV_MAX], offset + done)

@@ -20,6 +20,7 @@ import itertools
 import mmap
 import os
 from dataclasses import dataclass
+from typing import Final
 
 from vhostfs.errors import GuestMemoryError, VhostUserProtocolError
 from vhostfs.vhost_user.messages import MAX_MEM_SLOTS, MemRegion
@@ -98,12 +99,27 @@ def _unmap(region: MappedRegion) -> None:
         pass
 
 
+# Translations remembered per memory table: a guest that reuses its I/O buffers (dd, a
+# read loop) sends the same few indirect tables over and over.
+TRANSLATIONS: Final = 64
+
+
 class GuestMemory:
     """The current memory table of one frontend connection."""
 
     def __init__(self) -> None:
         self._regions: list[MappedRegion] = []
         self._last: MappedRegion | None = None  # most recent hit: descriptors cluster
+        # Translations derived from this table (the chain walk keeps decoded indirect tables
+        # here, chain.py); emptied whenever the table changes, so nothing in it can outlive
+        # the regions it points into.
+        self.translations: dict[object, object] = {}
+
+    def remember(self, key: object, value: object) -> None:
+        """Keep a translation, forgetting the oldest beyond TRANSLATIONS entries."""
+        if len(self.translations) >= TRANSLATIONS:
+            del self.translations[next(iter(self.translations))]
+        self.translations[key] = value
 
     @property
     def regions(self) -> tuple[MappedRegion, ...]:
@@ -137,6 +153,7 @@ class GuestMemory:
             _unmap(mapped)
             raise
         self._regions = candidate
+        self.translations.clear()
 
     def remove_region(self, region: MemRegion) -> None:
         """REM_MEM_REG: the region is identified by gpa, uaddr and size."""
@@ -144,11 +161,13 @@ class GuestMemory:
             if mapped.same(region):
                 self._regions.remove(mapped)
                 self._last = None
+                self.translations.clear()
                 _unmap(mapped)
                 return
         raise VhostUserProtocolError(f"no memory region matches {region}")
 
     def clear(self) -> None:
+        self.translations.clear()
         for mapped in self._regions:
             _unmap(mapped)
         self._regions = []

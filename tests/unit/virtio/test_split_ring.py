@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import os
 import struct
 
 import pytest
 
 from tests.unit.virtio.conftest import MEM
 from vhostfs.errors import ChainError, GuestMemoryError
+from vhostfs.vhost_user.messages import MemRegion
 from vhostfs.virtio.chain import DESCRIPTOR, F_INDIRECT, F_NEXT, F_WRITE, MAX_INDIRECT
 from vhostfs.virtio.guestbufs import GuestBuffers
 from vhostfs.virtio.memory import GuestMemory
@@ -188,3 +190,45 @@ def test_sequential_and_linked_tables_give_the_same_buffers(
     # A long READ reply's pages stay addresses (no view each) on the fast path only.
     assert isinstance(fast.writable, GuestBuffers) == (writes == 200)
     assert isinstance(linked.writable, list)
+
+
+def test_a_table_sent_again_is_not_decoded_again_until_the_memory_table_changes(
+    memory: GuestMemory,
+) -> None:
+    """Guests reuse I/O buffers: the same long table decodes once per memory table, and the
+    guest rewriting it in place (other buffers, same table address) is never missed."""
+    pages = [(DATA + 0x2000 * i, 4096) for i in range(40)]
+    entries = [(DATA - 0x1000, 40, 0)] + [(a, n, F_WRITE) for a, n in pages]
+
+    def write_table(entries: list[tuple[int, int, int]]) -> None:
+        for i, (addr, length, flags) in enumerate(entries):
+            more = F_NEXT if i < len(entries) - 1 else 0
+            put_desc(memory, 0x4000, i, addr, length, flags | more, i + 1)
+
+    write_table(entries)
+    for slot in range(3):
+        put_desc(memory, DESC, slot, 0x4000, 16 * len(entries), F_INDIRECT, 0)
+    publish(memory, [0, 1])
+    q = queue(memory)
+    first, second = q.pop(), q.pop()
+    assert first is not None and second is not None
+    assert second.writable is first.writable  # decoded once, shared (never mutated)
+    assert len(memory.translations) == 1
+
+    moved = [(a + 0x100, n, f) for a, n, f in entries]  # same table address, new buffers
+    write_table(moved)
+    publish(memory, [2], start=2)
+    third = q.pop()
+    assert third is not None and isinstance(third.writable, GuestBuffers)
+    assert list(third.writable.gpas) == [a + 0x100 for a, _ in pages]
+
+    region, fd = _spare_region()
+    memory.add_region(region, fd)
+    os.close(fd)
+    assert memory.translations == {}
+
+
+def _spare_region() -> tuple[MemRegion, int]:
+    fd = os.memfd_create("spare")
+    os.ftruncate(fd, 0x1000)
+    return MemRegion(1 << 30, 0x1000, 0x9000_0000, 0), fd
