@@ -2,10 +2,10 @@
 
 Why a thread: measured with a QEMU TCG guest doing one 4 KiB read at a time, a trio task
 waiting on the kick fd (`wait_readable`, trio's epoll loop, a task switch) added ~40 us to
-every round trip, while a thread blocked in poll() wakes straight into the ring: random
-reads went from 0.70x to 0.87x of the C virtiofsd, and sequential 1 MiB reads from 0.68x to
-0.8x. Only one thread per request queue runs Python at a time anyway (the GIL), so the
-thread buys latency, not parallelism.
+every round trip, while a thread blocked in poll() wakes straight into the ring (random
+reads went from 0.71x to 0.80x of the C virtiofsd in hack/bench, docs/performance.md).
+Only one thread runs Python at a time anyway (the GIL), so the thread buys latency, not
+parallelism.
 
 How it shares the daemon: the thread runs requests only while it holds the dispatch lock
 (`dispatch.py`), which trio's loop holds whenever it runs. Every piece of state, the
