@@ -89,6 +89,11 @@ def _table_struct(count: int) -> struct.Struct:
     return struct.Struct("<" + "QIHH" * count)
 
 
+# A remembered walk: the readable views and the writable ones (views, or GuestBuffers, which
+# never change after construction and so can be shared by every chain with the same table).
+_Decoded = tuple[tuple[memoryview, ...], "tuple[memoryview, ...] | GuestBuffers"]
+
+
 def _walk_known_or_columns(
     memory: GuestMemory, chain: Chain, table: memoryview, count: int, packed: bool
 ) -> bool:
@@ -113,11 +118,6 @@ def _walk_known_or_columns(
     decoded: _Decoded = (tuple(chain.readable), shared)
     memory.remember(key, decoded)
     return True
-
-
-# A remembered walk: the readable views and the writable ones (views, or GuestBuffers, which
-# never change after construction and so can be shared by every chain with the same table).
-_Decoded = tuple[tuple[memoryview, ...], "tuple[memoryview, ...] | GuestBuffers"]
 
 
 def _walk_columns(
