@@ -4,7 +4,10 @@ One boot per daemon and round. The guest mounts the share read-only and runs thr
 each after ``drop_caches`` so every phase starts cold in the guest (the host's page cache is
 warm for all daemons alike, since the tree is read once on the host before any run):
 
-* seq: ``dd`` of the big file in 1 MiB blocks;
+* seq: ``dd`` of the big file in 1 MiB blocks, SEQ_PASSES times (each after ``drop_caches``);
+  the fastest pass counts. On this shared machine one pass scattered by up to 1.6x between
+  boots for either daemon (other tenants only ever slow a pass down), more than the effect
+  measured; the best of three is the usual remedy and treats every daemon alike;
 * rand: ``vmtool randread`` of COUNT 4 KiB blocks at seeded offsets (the same for all);
 * walk: ``find`` over the small-file tree, ``stat`` of every entry, ``tar`` to /dev/null.
 
@@ -28,6 +31,7 @@ MB: Final = 1_000_000
 SEED: Final = 20240601  # vmtool randread's offsets: fixed so every daemon reads the same blocks
 GUEST_TIMEOUT: Final = 900.0  # seconds per boot; TCG is slow and our daemon slower still
 META_DIRS: Final = 50  # the small files are spread over this many directories
+SEQ_PASSES: Final = 3  # sequential passes per boot; the fastest counts (module docstring)
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -100,10 +104,12 @@ def guest_script(sizes: GuestSizes) -> str:
 mount -t virtiofs -o ro share /mnt
 t() {{ echo "T $1 $(vmtool now)"; }}
 cold() {{ sync; echo 3 > /proc/sys/vm/drop_caches; }}
-cold; t seq0
-dd if=/mnt/big of=/dev/null bs=1M 2> /tmp/dd
-t seq1
-sed 's/^/DD /' /tmp/dd
+for pass in {" ".join(str(i) for i in range(SEQ_PASSES))}; do
+  cold; t seq${{pass}}a
+  dd if=/mnt/big of=/dev/null bs=1M 2> /tmp/dd
+  t seq${{pass}}b
+  sed 's/^/DD /' /tmp/dd
+done
 cold
 vmtool randread /mnt/big {sizes.rand_reads} {SEED}
 cold; t walk0
@@ -125,17 +131,22 @@ _ENTRIES = re.compile(r"^N (\d+)$", re.M)
 def parse(text: str, daemon: str, sizes: GuestSizes, cpu: float, rss: int, boot: float) -> GuestRun:
     """The guest's output as a GuestRun; ValueError if a phase is missing or came up short."""
     marks = {m[1]: float(m[2]) for m in _MARK.finditer(text)}
-    dd, rand, entries = _DD.search(text), _RAND.search(text), _ENTRIES.search(text)
-    if dd is None or rand is None or entries is None or len(marks) != 6:
+    dds, rand, entries = _DD.findall(text), _RAND.search(text), _ENTRIES.search(text)
+    if len(dds) != SEQ_PASSES or rand is None or entries is None:
+        raise ValueError(f"incomplete guest output:\n{text}")
+    if len(marks) != 2 * SEQ_PASSES + 4:
         raise ValueError(f"incomplete guest output:\n{text}")
     expected_entries = 1 + META_DIRS + sizes.small_files  # find lists meta itself too
-    seq_bytes = int(dd[1]) << 20 if dd[2] == "0" else -1  # dd reads 1 MiB blocks
-    if seq_bytes != sizes.big_file or int(entries[1]) != expected_entries:
-        raise ValueError(f"guest read {dd[0]!r} and saw {entries[1]} entries:\n{text}")
+    # dd reads 1 MiB blocks; every pass must have read the whole file in full blocks.
+    short = [f"{full}+{partial}" for full, partial in dds
+             if partial != "0" or int(full) << 20 != sizes.big_file]  # fmt: skip
+    if short or int(entries[1]) != expected_entries:
+        raise ValueError(f"guest read {short} and saw {entries[1]} entries:\n{text}")
+    passes = [marks[f"seq{i}b"] - marks[f"seq{i}a"] for i in range(SEQ_PASSES)]
     return GuestRun(
         daemon=daemon,
-        seq_seconds=marks["seq1"] - marks["seq0"],
-        seq_bytes=seq_bytes,
+        seq_seconds=min(passes),
+        seq_bytes=sizes.big_file,
         rand_seconds=float(rand[3]),
         rand_reads=int(rand[1]),
         walk_find_seconds=marks["walk1"] - marks["walk0"],

@@ -15,8 +15,16 @@ from hack.bench_daemons import tree_cpu
 
 SIZES = bench_guest.GuestSizes(big_file=4 << 20, rand_reads=10, small_files=100)
 OUTPUT = """\
-T seq0 10.0
-T seq1 10.5
+T seq0a 10.0
+T seq0b 10.7
+DD 4+0 records in
+DD 4+0 records out
+T seq1a 10.7
+T seq1b 11.2
+DD 4+0 records in
+DD 4+0 records out
+T seq2a 11.2
+T seq2b 11.8
 DD 4+0 records in
 DD 4+0 records out
 reads=10 bytes=40960 seconds=0.250000000
@@ -31,7 +39,7 @@ T walk3 15.5
 def test_guest_output_becomes_rates() -> None:
     run = bench_guest.parse(OUTPUT, "c", SIZES, cpu=1.5, rss=2048, boot=20.0)
     assert run.seq_bytes == 4 << 20
-    assert run.seq_mbps == pytest.approx((4 << 20) / 1e6 / 0.5)
+    assert run.seq_mbps == pytest.approx((4 << 20) / 1e6 / 0.5)  # the fastest pass
     assert run.rand_iops == pytest.approx(40.0)
     assert run.walk_seconds == pytest.approx(4.5)
     assert run.walk_entries_per_s == pytest.approx(151 / 4.5)
@@ -39,8 +47,13 @@ def test_guest_output_becomes_rates() -> None:
 
 @pytest.mark.parametrize(
     ("good", "bad"),
-    [("DD 4+0 records in", "DD 3+1 records in"), ("N 151", "N 150"), ("T walk3 15.5", "")],
-    ids=["short-read", "missing-entries", "missing-mark"],
+    [
+        ("DD 4+0 records in\nDD 4+0 records out\nT seq2a", "DD 3+1 records in\nT seq2a"),
+        ("N 151", "N 150"),
+        ("T walk3 15.5", ""),
+        ("T seq2b 11.8", ""),
+    ],
+    ids=["short-read", "missing-entries", "missing-mark", "missing-pass-mark"],
 )
 def test_guest_output_that_came_up_short_is_refused(good: str, bad: str) -> None:
     with pytest.raises(ValueError, match="guest"):
