@@ -12,10 +12,12 @@ hooks); a queue thread holds it while it pops, serves and completes requests and
 while it sleeps on its kick fd. So between two awaits trio code still sees a world nobody
 else touches, and a queue thread sees the same.
 
-Fairness: a busy queue thread would otherwise re-take the lock before trio's blocked
-acquire is scheduled, starving the session (a GET_VRING_BASE could wait for as long as the
-guest keeps the ring full). When trio is waiting, the thread hands over at its next request
-boundary via a condition variable and resumes once trio has run one loop iteration.
+Fairness: a busy holder would otherwise re-take the lock before a blocked acquirer is
+scheduled, starving the session (a GET_VRING_BASE could wait for as long as the guest keeps
+the ring full) or another request queue's thread. Whoever waits for the lock registers in
+`_waiting`; a thread checks it between two requests and, if anyone waits, hands over through
+a condition variable and resumes once somebody else has taken a turn. Every release
+notifies, so a thread that handed over is woken whoever holds the lock next.
 
 The lock is per trio run (a RunVar), created on first use, when the instrument is added.
 """
@@ -23,6 +25,7 @@ The lock is per trio run (a RunVar), created on first use, when the instrument i
 from __future__ import annotations
 
 import threading
+from typing import Final
 
 import trio
 
@@ -33,24 +36,22 @@ class DispatchLock(trio.abc.Instrument):
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self._turn = threading.Condition(self._lock)
-        self._trio_waiting = False  # trio is blocked acquiring the lock
+        # Parties blocked on the lock or handing over: trio, or a thread's ident. A set,
+        # because its add/discard are atomic under the GIL (a counter's += is not).
+        self._waiting: set[object] = set()
+        self._turns = 0  # times anyone took the lock (changed only by its holder)
         self._trio_holds = False
-        self._trio_turns = 0  # times trio took the lock: a waiting thread's turn marker
 
     # -- trio's side (instrument hooks, called by trio's run loop) ------------------------
 
     def after_io_wait(self, timeout: float) -> None:
-        self._trio_waiting = True
-        self._lock.acquire()
-        self._trio_waiting = False
+        self._take(_TRIO)
         self._trio_holds = True
-        self._trio_turns += 1
 
     def before_io_wait(self, timeout: float) -> None:
         if self._trio_holds:
             self._trio_holds = False
-            self._turn.notify_all()
-            self._lock.release()
+            self.release()
 
     def after_run(self) -> None:
         self.before_io_wait(0.0)
@@ -58,19 +59,35 @@ class DispatchLock(trio.abc.Instrument):
     # -- a queue thread's side -------------------------------------------------------------
 
     def acquire(self) -> None:
-        self._lock.acquire()
+        self._take(threading.get_ident())
 
     def release(self) -> None:
+        self._turn.notify_all()  # a party that handed over waits on the condition
         self._lock.release()
 
-    def yield_to_trio(self) -> None:
-        """Between two requests: if trio is waiting for its turn, let it run first."""
-        if self._trio_waiting:
-            # wait() releases the lock and returns holding it again after a notify; trio
-            # notifies each time it lets go. One trio turn is enough: then we go on even if
-            # trio already wants the lock again, so the two strictly alternate.
-            turn = self._trio_turns
-            self._turn.wait_for(lambda: self._trio_turns != turn)
+    def yield_turn(self) -> None:
+        """Between two requests: if anybody waits for the lock, let them have a turn."""
+        if self._waiting:
+            me = threading.get_ident()
+            turn = self._turns
+            self._waiting.add(me)
+            try:
+                self._turn.notify_all()  # another thread may be handing over, too
+                # wait() releases the lock and returns holding it again after a notify. One
+                # turn by someone else is enough: then we go on, so busy parties alternate.
+                self._turn.wait_for(lambda: self._turns != turn)
+            finally:
+                self._waiting.discard(me)
+            self._turns += 1
+
+    def _take(self, party: object) -> None:
+        self._waiting.add(party)
+        self._lock.acquire()
+        self._waiting.discard(party)
+        self._turns += 1
+
+
+_TRIO: Final = "trio"  # trio's entry in `_waiting` (threads use their idents)
 
 
 _CURRENT: trio.lowlevel.RunVar[DispatchLock] = trio.lowlevel.RunVar("vhostfs_dispatch")

@@ -147,7 +147,7 @@ class QueueThread:
                 chain = self._pop()
                 if chain is not None:
                     self._handle(chain)
-                    lock.yield_to_trio()
+                    lock.yield_turn()
                     continue
                 if self._unsignalled:
                     self._notify()

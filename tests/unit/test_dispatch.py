@@ -3,6 +3,7 @@ neither starves the other."""
 
 from __future__ import annotations
 
+import os
 import threading
 import time
 
@@ -36,7 +37,7 @@ async def test_a_busy_thread_and_trio_alternate_and_never_overlap() -> None:
                 sum(range(200))  # some work inside the critical section
                 inside.pop()
                 thread_rounds += 1
-                lock.yield_to_trio()  # never releases unless trio is waiting
+                lock.yield_turn()  # never releases unless someone is waiting
         finally:
             lock.release()
 
@@ -71,3 +72,46 @@ async def test_trio_lets_go_of_the_lock_while_it_sleeps() -> None:
     threading.Thread(target=take).start()
     await trio.to_thread.run_sync(done.wait)  # trio waits in epoll: the thread gets in
     assert done.is_set()
+
+
+async def test_two_busy_threads_take_turns() -> None:
+    """Two request queues kept full (a multi-queue guest) must not starve each other."""
+    lock = current_dispatch_lock()
+    inside: list[str] = []
+    overlaps = 0
+    rounds = {"a": 0, "b": 0}
+    stop = threading.Event()
+    gave_up: list[str] = []
+    both_started = threading.Barrier(3)
+
+    def busy(name: str) -> None:
+        nonlocal overlaps
+        deadline = time.monotonic() + 20
+        both_started.wait()
+        lock.acquire()
+        try:
+            while not stop.is_set() and min(rounds.values()) < 300:
+                if time.monotonic() > deadline:
+                    gave_up.append(name)
+                    break
+                inside.append(name)
+                overlaps += len(inside) > 1
+                os.stat(".")  # a request's syscall: lets the other thread have the GIL
+                inside.pop()
+                rounds[name] += 1
+                lock.yield_turn()
+        finally:
+            lock.release()
+
+    threads = [threading.Thread(target=busy, args=(name,)) for name in rounds]
+    for thread in threads:
+        thread.start()
+    await trio.to_thread.run_sync(both_started.wait)
+    try:
+        # Trio sleeps from here on: only the threads' own hand-overs can share the lock.
+        for thread in threads:  # each stops once both have run 300 requests
+            await trio.to_thread.run_sync(thread.join)
+    finally:
+        stop.set()
+    assert not gave_up  # neither thread was starved by the other
+    assert overlaps == 0
