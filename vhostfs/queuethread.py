@@ -33,23 +33,20 @@ import os
 import select
 import threading
 from collections.abc import Callable, Coroutine
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import trio
 
 from vhostfs.dispatch import DispatchLock
-from vhostfs.errors import ChainError
 from vhostfs.fdio import drain_eventfd, signal_eventfd
+from vhostfs.ringservice import Queue, RingService
 from vhostfs.vhost_user.device import Vring
 from vhostfs.virtio.chain import Chain
-
-if TYPE_CHECKING:
-    from vhostfs.virtiofs import Queue
 
 log = logging.getLogger(__name__)
 
 
-class QueueThread:
+class QueueThread(RingService):
     """One running request queue: its serving thread plus a nursery for awaiting requests."""
 
     def __init__(
@@ -64,22 +61,18 @@ class QueueThread:
         stop_grace: float,
     ) -> None:
         assert vring.kick is not None  # the session starts only rings with a kick fd
-        self.vring = vring
-        self.queue = queue
+        super().__init__(vring, queue, notify_batch)
         self._serve = serve
         self._may_suspend = may_suspend
         self._lock = lock
         self._kick = vring.kick
-        self._notify_batch = notify_batch
         self._stop_grace = stop_grace
         self._token = trio.lowlevel.current_trio_token()
         self._wake = os.eventfd(0, os.EFD_NONBLOCK | os.EFD_CLOEXEC)
         self._thread = threading.Thread(
             target=self._serve_forever, name=f"vhostfs-queue-{vring.index}", daemon=True
         )
-        self._stopping = False
         self._in_flight = 0  # chains handed to trio and not completed yet
-        self._unsignalled = 0  # completions pushed since the last interrupt decision
         self._nursery: trio.Nursery | None = None
         self._scope = trio.CancelScope()
         self._drained = trio.Event()
@@ -192,28 +185,3 @@ class QueueThread:
             )
             written = 0
         self._complete(chain, written)
-
-    # -- both sides (always under the dispatch lock) -----------------------------------------
-
-    def _complete(self, chain: Chain, written: int) -> None:
-        queue = self.queue
-        queue.push(chain, written)
-        self._unsignalled += 1
-        if self._unsignalled >= self._notify_batch or not queue.pending():
-            self._notify()
-
-    def _notify(self) -> None:
-        self._unsignalled = 0
-        if self.queue.should_notify() and self.vring.call is not None:
-            signal_eventfd(self.vring.call)
-
-    def _pop(self) -> Chain | None:
-        try:
-            return self.queue.pop()
-        except ChainError as exc:
-            # The driver broke the ring itself: nothing after this point can be trusted.
-            log.error("queue %d: ring is broken, no longer serving it: %s", self.vring.index, exc)
-            self._stopping = True
-            if self.vring.err is not None:
-                signal_eventfd(self.vring.err)
-            return None

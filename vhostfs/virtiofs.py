@@ -43,6 +43,7 @@ from vhostfs.errors import ChainError, GuestMemoryError
 from vhostfs.fdio import drain_eventfd, signal_eventfd
 from vhostfs.queuethread import QueueThread
 from vhostfs.ratelog import RateLimitedLog
+from vhostfs.ringservice import Queue, RingService
 from vhostfs.vhost_user.device import Vring
 from vhostfs.vhost_user.messages import ProtocolFeatures, VirtioFeatures
 from vhostfs.virtio.buffers import ChainReader, ChainWriter
@@ -110,16 +111,6 @@ class Runner(Protocol):
     async def stop(self) -> int: ...
 
 
-class Queue(Protocol):
-    def pending(self) -> bool: ...
-    def pop(self) -> Chain | None: ...
-    def push(self, chain: Chain, written: int) -> None: ...
-    def should_notify(self) -> bool: ...
-    def enable_kicks(self) -> bool: ...
-    def disable_kicks(self) -> None: ...
-    def base(self) -> int: ...
-
-
 @types.coroutine
 def run_inline(
     coro: Coroutine[Any, Any, T], on_suspend: Callable[[], None]
@@ -179,7 +170,7 @@ def open_queue(vring: Vring, memory: GuestMemory, features: int) -> Queue:
     )
 
 
-class QueueRunner:
+class QueueRunner(RingService):
     """The workers of one running queue (see the module docstring)."""
 
     def __init__(
@@ -190,8 +181,7 @@ class QueueRunner:
         workers: int,
     ) -> None:
         assert vring.kick is not None  # the session starts only rings with a kick fd
-        self.vring = vring
-        self.queue = queue
+        super().__init__(vring, queue, NOTIFY_BATCH)
         self._serve = serve
         self._kick = vring.kick
         self._workers = workers
@@ -199,11 +189,9 @@ class QueueRunner:
         self._lot = trio.lowlevel.ParkingLot()
         self._kick_waiter = False  # a worker is waiting on the kick fd
         self._standby = False  # a worker was unparked and has not run yet
-        self._stopping = False
         self._in_flight = 0
         self._drained = trio.Event()
         self._finished = trio.Event()
-        self._unsignalled = 0  # completions pushed since the last interrupt decision
 
     async def run(self) -> None:
         try:
@@ -229,7 +217,6 @@ class QueueRunner:
         return self.queue.base()
 
     async def _worker(self) -> None:
-        queue = self.queue
         while True:
             chain = None if self._stopping else self._pop()
             if chain is None:
@@ -240,18 +227,9 @@ class QueueRunner:
                 written = await run_inline(self._serve(chain), self._ensure_standby)
             finally:
                 self._in_flight -= 1
-            queue.push(chain, written)
-            self._unsignalled += 1
-            if self._unsignalled >= NOTIFY_BATCH or not queue.pending():
-                self._notify()
+            self._complete(chain, written)
             if self._stopping and not self._in_flight:
                 self._drained.set()
-
-    def _notify(self) -> None:
-        """Interrupt the driver for what was completed, if it asked to be told."""
-        self._unsignalled = 0
-        if self.queue.should_notify() and self.vring.call is not None:
-            signal_eventfd(self.vring.call)
 
     def _ensure_standby(self) -> None:
         """A request is about to suspend: make sure someone goes on serving the ring."""
@@ -259,18 +237,6 @@ class QueueRunner:
             self._notify()  # completions must not wait for a request that may take long
         if not self._kick_waiter and not self._standby:
             self._standby = self._lot.unpark(count=1) != []
-
-    def _pop(self) -> Chain | None:
-        try:
-            return self.queue.pop()
-        except ChainError as exc:
-            # The driver broke the ring itself (not one chain): nothing after this point can
-            # be trusted, so stop serving it and tell the frontend through the error fd.
-            log.error("queue %d: ring is broken, no longer serving it: %s", self.vring.index, exc)
-            self._stopping = True
-            if self.vring.err is not None:
-                signal_eventfd(self.vring.err)
-            return None
 
     async def _idle(self) -> None:
         if self._stopping or self._kick_waiter:

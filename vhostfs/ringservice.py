@@ -1,0 +1,68 @@
+"""What every way of serving a virtqueue shares: popping, completing, batched interrupts.
+
+A queue is served either by trio workers (`virtiofs.QueueRunner`) or by a queue thread
+(`queuethread.QueueThread`); both pop chains the same way (a ring the driver broke stops
+the service and is reported on the error fd), complete them the same way, and take the
+interrupt decision once per small batch (virtiofs.py's module docstring).
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Protocol
+
+from vhostfs.errors import ChainError
+from vhostfs.fdio import signal_eventfd
+from vhostfs.vhost_user.device import Vring
+from vhostfs.virtio.chain import Chain
+
+log = logging.getLogger(__name__)
+
+
+class Queue(Protocol):
+    """The device side of a split or packed ring (virtio/ring.py, virtio/packed.py)."""
+
+    def pending(self) -> bool: ...
+    def pop(self) -> Chain | None: ...
+    def push(self, chain: Chain, written: int) -> None: ...
+    def should_notify(self) -> bool: ...
+    def enable_kicks(self) -> bool: ...
+    def disable_kicks(self) -> None: ...
+    def base(self) -> int: ...
+
+
+class RingService:
+    """Base of the queue servers: the shared pop/complete/notify steps."""
+
+    def __init__(self, vring: Vring, queue: Queue, notify_batch: int) -> None:
+        self.vring = vring
+        self.queue = queue
+        self._notify_batch = notify_batch
+        self._stopping = False
+        self._unsignalled = 0  # completions pushed since the last interrupt decision
+
+    def _pop(self) -> Chain | None:
+        try:
+            return self.queue.pop()
+        except ChainError as exc:
+            # The driver broke the ring itself (not one chain): nothing after this point can
+            # be trusted, so stop serving it and tell the frontend through the error fd.
+            log.error("queue %d: ring is broken, no longer serving it: %s", self.vring.index, exc)
+            self._stopping = True
+            if self.vring.err is not None:
+                signal_eventfd(self.vring.err)
+            return None
+
+    def _complete(self, chain: Chain, written: int) -> None:
+        """Return a chain to the driver; interrupt when the ring is empty or a batch is full."""
+        queue = self.queue
+        queue.push(chain, written)
+        self._unsignalled += 1
+        if self._unsignalled >= self._notify_batch or not queue.pending():
+            self._notify()
+
+    def _notify(self) -> None:
+        """Interrupt the driver for what was completed, if it asked to be told."""
+        self._unsignalled = 0
+        if self.queue.should_notify() and self.vring.call is not None:
+            signal_eventfd(self.vring.call)
