@@ -14,8 +14,8 @@ trio-only design.
 
 Requests that may await (a blob fetch for a RAFS read, INIT, DESTROY: the request handler
 says which, before starting one) cannot run in the thread, because trio's primitives need
-trio's own thread. The thread hands those chains to a trio task in this runner's nursery;
-the task completes them into the same ring under the same lock. Every other request is
+trio's own thread. The thread hands those chains to a small pool of trio workers of this
+runner, which complete them into the same ring under the same lock. Every other request is
 driven inline: its coroutine finishes at the first `send` without ever yielding to a
 scheduler (a handler that yields anyway is a bug; the request fails with a zero-length
 reply and an error in the log).
@@ -28,6 +28,7 @@ STOP_GRACE seconds, then they are cancelled.
 
 from __future__ import annotations
 
+import collections
 import logging
 import os
 import select
@@ -59,6 +60,7 @@ class QueueThread(RingService):
         *,
         notify_batch: int,
         stop_grace: float,
+        workers: int,
     ) -> None:
         assert vring.kick is not None  # the session starts only rings with a kick fd
         super().__init__(vring, queue, notify_batch)
@@ -73,7 +75,11 @@ class QueueThread(RingService):
             target=self._serve_forever, name=f"vhostfs-queue-{vring.index}", daemon=True
         )
         self._in_flight = 0  # chains handed to trio and not completed yet
-        self._nursery: trio.Nursery | None = None
+        # Chains handed over and not started yet, and the trio workers that take them: a
+        # worker is woken per hand-over (no task spawn per request, ~11 us each).
+        self._handed: collections.deque[Chain] = collections.deque()
+        self._lot = trio.lowlevel.ParkingLot()
+        self._workers = workers
         self._scope = trio.CancelScope()
         self._drained = trio.Event()
         self._finished = trio.Event()
@@ -84,10 +90,10 @@ class QueueThread(RingService):
         try:
             with self._scope:
                 async with trio.open_nursery() as nursery:
-                    self._nursery = nursery
+                    for _ in range(self._workers):
+                        nursery.start_soon(self._trio_worker)
                     if not self._stopping:
                         self._thread.start()
-                    await trio.sleep_forever()
         finally:
             self._finished.set()
 
@@ -112,20 +118,24 @@ class QueueThread(RingService):
 
     def _start_async(self, chain: Chain) -> None:
         """Called in trio (run_sync_soon) for a chain the thread must not serve itself."""
-        if self._nursery is None:  # pragma: no cover - the thread starts inside the nursery
-            raise RuntimeError("queue nursery missing")
-        self._nursery.start_soon(self._serve_async, chain)
+        self._handed.append(chain)
+        self._lot.unpark(count=1)  # if every worker is busy, the first one done takes it
 
-    async def _serve_async(self, chain: Chain) -> None:
-        try:
-            written = await self._serve(chain)
-        finally:
-            self._in_flight -= 1
-            if self._stopping and not self._in_flight:
-                self._drained.set()
-        self._complete(chain, written)
-        # The thread may be asleep on its kick fd and would not take the decision for us.
-        self._notify()
+    async def _trio_worker(self) -> None:
+        while True:
+            if not self._handed:
+                await self._lot.park()
+                continue
+            chain = self._handed.popleft()
+            try:
+                written = await self._serve(chain)
+            finally:
+                self._in_flight -= 1
+                if self._stopping and not self._in_flight:
+                    self._drained.set()
+            self._complete(chain, written)
+            # The thread may be asleep on its kick fd and would not take the decision for us.
+            self._notify()
 
     # -- the thread's side --------------------------------------------------------------------
 

@@ -9,6 +9,7 @@ requests in flight, and a stop/restart on the same connection (a guest reboot).
 from __future__ import annotations
 
 import stat
+import threading
 from collections.abc import Callable
 from pathlib import Path
 from typing import TypeVar
@@ -27,8 +28,10 @@ T = TypeVar("T")
 CONTENT = bytes(range(256)) * 1024  # 256 KiB
 
 
-def sample_fs(*, awaiting: bool = False, claims_inline: bool = False) -> MemoryFilesystem:
-    fs = MemoryFilesystem(awaiting=awaiting, claims_inline=claims_inline)
+def sample_fs(*, awaiting: bool = False, inline_root: bool = False,
+              claims_inline: bool = False) -> MemoryFilesystem:  # fmt: skip
+    fs = MemoryFilesystem(awaiting=awaiting, inline_root=inline_root,
+                          claims_inline=claims_inline)  # fmt: skip
     d = fs.add(ROOT_INO, b"dir", stat.S_IFDIR | 0o755)
     fs.add(d, b"file", stat.S_IFREG | 0o644, data=CONTENT)
     fs.add(ROOT_INO, b"link", stat.S_IFLNK | 0o777, target=b"dir/file")
@@ -39,13 +42,18 @@ async def in_thread(fn: Callable[[], T]) -> T:
     return await trio.to_thread.run_sync(fn)
 
 
-@pytest.fixture(params=[False, True], ids=["inline", "awaiting"])
+@pytest.fixture(
+    params=[(False, False), (True, True), (True, False)],
+    ids=["inline", "handed-over", "trio-workers"],
+)
 async def socket_path(tmp_path: Path, nursery: trio.Nursery, request: pytest.FixtureRequest) -> str:
-    """A daemon over the sample tree. "inline": every request is served in the queue thread;
-    "awaiting": READs really await, so the queue thread hands them to trio tasks."""
+    """A daemon over the sample tree. "inline": a queue thread serves every request itself;
+    "handed-over": READs really await, so the queue thread hands them to trio workers;
+    "trio-workers": every node may await, so trio workers serve the queue (no thread)."""
     path = str(tmp_path / "vhost.sock")
     listener = await daemon.listen_unix(path)
-    server = FuseServer(sample_fs(awaiting=request.param))
+    awaiting, inline_root = request.param
+    server = FuseServer(sample_fs(awaiting=awaiting, inline_root=inline_root))
     nursery.start_soon(lambda: daemon.serve(listener, server, once=False))
     return path
 
@@ -142,3 +150,24 @@ async def test_a_request_that_awaits_in_the_queue_thread_fails_alone(
     assert used == 0
     assert target == b"dir/file"
     assert "tried to await in the queue thread" in caplog.text
+
+
+@pytest.mark.parametrize(("inline_root", "threaded"), [(True, True), (False, False)])
+async def test_a_queue_thread_serves_exports_whose_requests_run_inline(
+    tmp_path: Path, nursery: trio.Nursery, inline_root: bool, threaded: bool
+) -> None:
+    """A queue thread for a passthrough-like export; trio workers for one whose every request
+    may await (a RAFS image), where a thread would only add a second wake-up."""
+    path = str(tmp_path / "vhost.sock")
+    listener = await daemon.listen_unix(path)
+    server = FuseServer(sample_fs(awaiting=True, inline_root=inline_root))
+    nursery.start_soon(lambda: daemon.serve(listener, server, once=False))
+
+    def run() -> tuple[bytes, bool]:
+        with Frontend.connect(path, FrontendOptions()) as frontend:
+            data = read_file(FuseDriver(frontend))
+            return data, any(t.name == "vhostfs-queue-1" for t in threading.enumerate())
+
+    data, seen = await in_thread(run)
+    assert data == CONTENT
+    assert seen == threaded

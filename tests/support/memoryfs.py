@@ -63,13 +63,16 @@ class Node:
 
 class MemoryFilesystem(Filesystem):
     """`awaiting`: READ really yields to trio once (as a blob fetch would) and the filesystem
-    says so through `may_suspend`; `claims_inline` makes it claim otherwise (a broken
+    says so through `may_suspend`; with `inline_root` the root node claims to serve inline
+    (so the device still picks a queue thread, which hands the awaiting reads over, like a
+    pseudo root with image mounts); `claims_inline` makes every node claim so (a broken
     filesystem, for the queue thread's defences)."""
 
     def __init__(self, options: FsOptions | None = None, *, awaiting: bool = False,
-                 claims_inline: bool = False) -> None:  # fmt: skip
+                 inline_root: bool = False, claims_inline: bool = False) -> None:  # fmt: skip
         self.options = options or FsOptions()
         self.awaiting = awaiting
+        self.inline_root = inline_root
         self.claims_inline = claims_inline
         self.nodes: dict[Ino, Node] = {}
         self.lookups: dict[Ino, int] = {}
@@ -281,7 +284,9 @@ class MemoryFilesystem(Filesystem):
         return self._entry(ino), Opened(self._handle(ino), direct_io=True)
 
     def may_suspend(self, ino: Ino) -> bool:
-        return self.awaiting and not self.claims_inline
+        if self.claims_inline or not self.awaiting:
+            return False
+        return not (self.inline_root and ino == ROOT_INO)
 
     async def read(self, ctx: Context, ino: Ino, fh: FileHandle, offset: int,
                    bufs: Sequence[memoryview]) -> int:  # fmt: skip

@@ -32,7 +32,7 @@ from typing import Final
 
 from vhostfs.errors import ChainError, FsError
 from vhostfs.fuse import abi, replies
-from vhostfs.fuse.filesystem import Context, Filesystem, Ino
+from vhostfs.fuse.filesystem import ROOT_INO, Context, Filesystem, Ino
 from vhostfs.fuse.operations import Handler, Operations
 from vhostfs.fuse.requests import BadRequest
 from vhostfs.fuse.session import (
@@ -109,6 +109,11 @@ class FuseServer:
             return await handler(unique, nodeid, ctx, reader, writer)
         except Exception as exc:
             return replies.error(writer, unique, self._errno_of(exc, opcode))
+
+    def serves_inline(self) -> bool:
+        """Whether requests are expected to run without awaiting: the root node's filesystem
+        says so (a passthrough export, or a pseudo root whose mounts never await)."""
+        return not self.fs.may_suspend(ROOT_INO)
 
     def may_suspend(self, request: Sequence[memoryview]) -> bool:
         """Whether serving `request` (its readable buffers) may await: True sends it to trio.
