@@ -81,7 +81,7 @@ from vhostfs.fuse.filesystem import (
     Opened,
     SetAttr,
 )
-from vhostfs.virtio.guestbufs import IOV_MAX, remaining_views
+from vhostfs.virtio.guestbufs import IOV_MAX, split_views
 
 RENAME_FLAGS: Final = hostfd.RENAME_NOREPLACE | hostfd.RENAME_EXCHANGE | hostfd.RENAME_WHITEOUT
 XATTR_FLAGS: Final = os.XATTR_CREATE | os.XATTR_REPLACE
@@ -368,7 +368,8 @@ class WritablePassthroughFilesystem(PassthroughFilesystem):
         wanted = sum(len(d) for d in data)
         done = 0
         while done < wanted:  # straight from guest memory, no copy
-            count = os.pwritev(fd, remaining_views(data, done)[:IOV_MAX], offset + done)
+            views = split_views(data, done, wanted - done)
+            count = os.pwritev(fd, views[:IOV_MAX], offset + done)
             if count == 0:
                 break
             done += count

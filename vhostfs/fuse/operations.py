@@ -233,9 +233,7 @@ class Operations:
 
     async def fallocate(self, unique: int, nodeid: int, ctx: Context,
                         reader: ChainReader, writer: ChainWriter) -> int:  # fmt: skip
-        fh, offset, length, mode, _ = abi.FallocateIn.STRUCT.unpack(
-            reader.read(abi.FallocateIn.SIZE)
-        )
+        fh, offset, length, mode, _ = reader.unpack(abi.FallocateIn.STRUCT)
         await self.fs.fallocate(ctx, _ino(nodeid), _fh(fh), offset, length, mode)
         return replies.empty(writer, unique)
 

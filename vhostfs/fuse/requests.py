@@ -75,9 +75,7 @@ def xattr_name(data: bytes) -> bytes:
 def setxattr(reader: ChainReader, extended: bool) -> tuple[bytes, bytes, int]:
     """(name, value, flags) of a SETXATTR, in the 16-byte form if SETXATTR_EXT was agreed."""
     if extended:
-        size, flags, _setxattr_flags, _ = abi.SetxattrIn.STRUCT.unpack(
-            reader.read(abi.SetxattrIn.SIZE)
-        )
+        size, flags, _setxattr_flags, _ = reader.unpack(abi.SetxattrIn.STRUCT)
     else:
         size, flags = reader.unpack(abi.SetxattrInCompat.STRUCT)
     data = rest(reader)

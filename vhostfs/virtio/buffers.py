@@ -21,26 +21,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from vhostfs.errors import ChainError
-from vhostfs.virtio.guestbufs import GuestBuffers
-
-
-def split_views(bufs: Sequence[memoryview], offset: int, size: int) -> list[memoryview]:
-    """The slices of `bufs` that cover the stream bytes [offset, offset + size)."""
-    if offset == 0 and size >= sum(map(len, bufs)):
-        return list(bufs)  # whole buffers: a READ reply's pages, the common case
-    out: list[memoryview] = []
-    for buf in bufs:
-        n = len(buf)
-        if offset >= n:
-            offset -= n
-            continue
-        take = min(n - offset, size)
-        out.append(buf[offset : offset + take])
-        size -= take
-        offset = 0
-        if not size:
-            break
-    return out
+from vhostfs.virtio.guestbufs import GuestBuffers, split_views
 
 
 class ChainReader:

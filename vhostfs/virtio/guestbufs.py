@@ -155,30 +155,30 @@ def preadv_into(fd: int, bufs: Sequence[memoryview], offset: int) -> int:
     if isinstance(bufs, GuestBuffers):
         return bufs.preadv(fd, offset)
     wanted = sum(map(len, bufs))
-    if len(bufs) <= IOV_MAX:
-        done = os.preadv(fd, bufs, offset)  # the common case: all of it in one call
-        if done in (0, wanted):
-            return done
-    else:
-        done = 0
-    while done < wanted:
-        views = remaining_views(bufs, done)
-        count = os.preadv(fd, views[:IOV_MAX], offset + done)
+    done = 0
+    while done < wanted:  # every pass reads at least one byte or ends the loop
+        views = split_views(bufs, done, wanted - done) if done else bufs
+        count = os.preadv(fd, views if len(views) <= IOV_MAX else views[:IOV_MAX], offset + done)
         if count == 0:
             break  # end of file
         done += count
     return done
 
 
-def remaining_views(bufs: Sequence[memoryview], skip: int) -> list[memoryview]:
-    """`bufs` without their first `skip` bytes."""
-    if not skip:
-        return list(bufs)
+def split_views(bufs: Sequence[memoryview], offset: int, size: int) -> list[memoryview]:
+    """The slices of `bufs` that cover the stream bytes [offset, offset + size)."""
+    if offset == 0 and size >= sum(map(len, bufs)):
+        return list(bufs)  # whole buffers: a READ reply's pages, the common case
     out: list[memoryview] = []
     for buf in bufs:
-        if skip >= len(buf):
-            skip -= len(buf)
+        n = len(buf)
+        if offset >= n:
+            offset -= n
             continue
-        out.append(buf[skip:] if skip else buf)
-        skip = 0
+        take = min(n - offset, size)
+        out.append(buf[offset : offset + take])
+        size -= take
+        offset = 0
+        if not size:
+            break
     return out
