@@ -33,7 +33,7 @@ import logging
 import os
 import select
 import threading
-from collections.abc import Callable, Coroutine
+from collections.abc import Callable, Coroutine, Sequence
 from typing import Any
 
 import trio
@@ -55,7 +55,7 @@ class QueueThread(RingService):
         vring: Vring,
         queue: Queue,
         serve: Callable[[Chain], Coroutine[Any, Any, int]],
-        may_suspend: Callable[[Chain], bool],
+        may_suspend: Callable[[Sequence[memoryview]], bool],  # of a request's readable part
         lock: DispatchLock,
         *,
         notify_batch: int,
@@ -174,7 +174,7 @@ class QueueThread(RingService):
             lock.release()
 
     def _handle(self, chain: Chain) -> None:
-        if chain.error is None and self._may_suspend(chain):
+        if chain.error is None and self._may_suspend(chain.readable):
             self._in_flight += 1
             try:
                 self._token.run_sync_soon(self._start_async, chain)

@@ -311,7 +311,7 @@ class VirtioFsDevice:
                 vring,
                 queue,
                 self._serve_chain,
-                self._may_suspend,
+                self._handler.may_suspend,
                 current_dispatch_lock(),
                 notify_batch=NOTIFY_BATCH,
                 stop_grace=STOP_GRACE,
@@ -337,9 +337,6 @@ class VirtioFsDevice:
     async def stop_all(self) -> None:
         for index in sorted(self._runners):
             await self.stop_queue(index)
-
-    def _may_suspend(self, chain: Chain) -> bool:
-        return self._handler.may_suspend(chain.readable)
 
     async def _serve_chain(self, chain: Chain) -> int:
         if chain.error is not None:
