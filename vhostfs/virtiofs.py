@@ -4,10 +4,12 @@ virtio 1.2 section 5.11; reference/vhost-user-virtiofs.md sections 8 and 12. Que
 high-priority queue (FORGET, INTERRUPT), queues 1..N carry requests; all share one FUSE
 session, so one `handle_request` serves every queue.
 
-Who serves a queue. Request queues are served by a queue thread (`queuethread.py`: a thread
-blocked in poll() wakes for a kick far sooner than a trio task does), which hands requests
-that may await to trio tasks. The hiprio queue, and every queue when the device is built
-with `threads=False`, is served by trio workers (`QueueRunner`, below).
+Who serves a queue. Request queues of an export whose requests run inline (a passthrough
+share) are served by a queue thread (`queuethread.py`: a thread blocked in poll() wakes for
+a kick far sooner than a trio task does), which hands the requests that may await to its
+trio workers. The hiprio queue, the queues of an export that awaits (a RAFS image), and
+every queue when the device is built with `threads=False` are served by trio workers
+(`QueueRunner`, below).
 
 Trio worker model. Each running queue has a small pool of worker tasks that all pop chains
 straight from the ring (one thread, so pops never race). A worker handles each chain inline:
@@ -102,7 +104,7 @@ class RequestHandler(Protocol):
     def may_suspend(self, request: Sequence[memoryview]) -> bool:
         """Whether serving this request (its readable buffers) may await something.
 
-        False lets a queue thread drive it inline; True sends it to a trio task.
+        False lets a queue thread drive it inline; True sends it to a trio worker.
         """
         ...
 
