@@ -3,8 +3,9 @@
 Request queues of an export whose requests run inline are served by plain threads
 (`queuethread.py`) because a thread blocked in poll(2) wakes for a guest's kick several
 times faster than a trio task does. Everything else (the vhost-user session, the hiprio
-queue, the HTTP API, requests that must await a blob fetch) stays in trio. All of that code was written for trio's one-thread model, so it
-must never run at the same time as a queue thread's request.
+queue, the HTTP API, requests that must await a blob fetch) stays in trio. All of that
+code was written for trio's one-thread model, so it must never run at the same time as a
+queue thread's request.
 
 One `threading.Lock` gives exactly that. Trio holds it whenever its loop runs Python code
 and lets go only while it sleeps in epoll (the `before_io_wait`/`after_io_wait` instrument
