@@ -44,7 +44,7 @@ def _iovec_struct(count: int) -> struct.Struct:
 class GuestBuffers(Sequence[memoryview]):
     """Buffers inside one mapped region of guest memory, in chain order (see module doc)."""
 
-    __slots__ = ("_base", "_host", "_iovecs", "_region", "_tails", "gpas", "lens")
+    __slots__ = ("_base", "_host", "_iovecs", "_iovecs_at", "_region", "_tails", "gpas", "lens")
 
     def __init__(
         self,
@@ -62,6 +62,7 @@ class GuestBuffers(Sequence[memoryview]):
         # Never changed after construction, so a chain walk may hand the same object to every
         # request that sends the same table (chain.py); these memos then pay off each time.
         self._iovecs: bytes | None = None  # all buffers packed as struct iovec
+        self._iovecs_at = 0  # the address of _iovecs' bytes, once asked for
         self._tails: dict[int, GuestBuffers] = {}  # self[k:] by k (a READ reply's pages)
 
     def __len__(self) -> int:
@@ -131,6 +132,17 @@ class GuestBuffers(Sequence[memoryview]):
                 break
             done += got
         return done
+
+    def iovec_array(self) -> tuple[bytes, int]:
+        """Every buffer as a struct iovec array, and its address, for a submission the kernel
+        completes later: the caller keeps the bytes (and this object) alive until then."""
+        if len(self.lens) > IOV_MAX:
+            raise ValueError(f"{len(self.lens)} buffers, more than one read takes")
+        packed = self._packed(len(self.lens))
+        if not self._iovecs_at:
+            # A c_char_p made from bytes points at the bytes' own storage: no copy.
+            self._iovecs_at = ctypes.cast(ctypes.c_char_p(packed), ctypes.c_void_p).value or 0
+        return packed, self._iovecs_at
 
     def _packed(self, count: int) -> bytes:
         """The first `count` buffers as an iovec array (all of them: packed once, kept)."""
