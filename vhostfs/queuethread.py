@@ -29,22 +29,36 @@ STOP_GRACE seconds, then they are cancelled.
 from __future__ import annotations
 
 import collections
+import errno
 import logging
 import os
 import select
 import threading
+import time
 from collections.abc import Callable, Coroutine, Sequence
 from typing import Any
 
 import trio
 
+from vhostfs import offload
 from vhostfs.dispatch import DispatchLock
 from vhostfs.fdio import drain_eventfd, signal_eventfd
+from vhostfs.iouring import IoUring, open_ring
+from vhostfs.offload import KernelRead
 from vhostfs.ringservice import Queue, RingService
 from vhostfs.vhost_user.device import Vring
 from vhostfs.virtio.chain import Chain
 
 log = logging.getLogger(__name__)
+
+# Submission slots of a queue thread's io_uring: more reads in flight than requests the
+# driver keeps queued buys nothing (the guest's queue is 1024 deep, a Linux guest keeps a
+# few dozen requests in flight).
+KERNEL_READS_IN_FLIGHT = 64
+# How long the thread polls for kernel reads to finish before it sleeps. A 128 KiB read
+# takes ~20 us in a kernel worker, and being woken from poll(2) by its completion cost more
+# than that here (socket READ 128 KiB at 16 in flight: 29k/s sleeping, 37k/s polling).
+READ_SPIN_NS = 50_000
 
 
 class QueueThread(RingService):
@@ -61,6 +75,7 @@ class QueueThread(RingService):
         notify_batch: int,
         stop_grace: float,
         workers: int,
+        kernel_reads: bool = True,
     ) -> None:
         assert vring.kick is not None  # the session starts only rings with a kick fd
         super().__init__(vring, queue, notify_batch)
@@ -80,6 +95,12 @@ class QueueThread(RingService):
         self._handed: collections.deque[Chain] = collections.deque()
         self._lot = trio.lowlevel.ParkingLot()
         self._workers = workers
+        self._kernel_reads = kernel_reads
+        # Reads the kernel is doing for us (offload.py): submission key -> the request's
+        # coroutine and chain, resumed with the result. Only the thread touches these.
+        self._ring: IoUring | None = None
+        self._reads: dict[int, tuple[Coroutine[Any, Any, int], Chain]] = {}
+        self._next_key = 0
         self._scope = trio.CancelScope()
         self._drained = trio.Event()
         self._finished = trio.Event()
@@ -144,9 +165,16 @@ class QueueThread(RingService):
         poller = select.poll()
         poller.register(self._kick, select.POLLIN)
         poller.register(self._wake, select.POLLIN)
+        if self._kernel_reads:
+            self._ring = open_ring(KERNEL_READS_IN_FLIGHT)
+        if self._ring is not None:
+            offload.accept_kernel_reads()
+            poller.register(self._ring.eventfd, select.POLLIN)
         lock.acquire()
         try:
             while not self._stopping:
+                if self._reads and self._ring is not None and self._ring.ready():
+                    self._finish_reads()
                 chain = self._pop()
                 if chain is not None:
                     self._handle(chain)
@@ -156,13 +184,19 @@ class QueueThread(RingService):
                     self._notify()
                 if self._stopping or self.queue.enable_kicks():
                     continue  # requests arrived while we were deciding to sleep
+                if self._reads and self._kernel_reads_done_soon():
+                    self.queue.disable_kicks()
+                    continue
                 lock.release()
                 try:
                     poller.poll()
                 finally:
                     lock.acquire()
                 drain_eventfd(self._kick)
+                if self._ring is not None:
+                    drain_eventfd(self._ring.eventfd)
                 self.queue.disable_kicks()
+            self._finish_all_reads()
             if self._unsignalled:
                 self._notify()
         except BaseException:
@@ -172,6 +206,8 @@ class QueueThread(RingService):
             self._stopping = True
         finally:
             lock.release()
+            if self._ring is not None:
+                self._ring.close()
 
     def _handle(self, chain: Chain) -> None:
         if chain.error is None and self._may_suspend(chain.readable):
@@ -181,17 +217,74 @@ class QueueThread(RingService):
             except trio.RunFinishedError:
                 self._in_flight -= 1  # the daemon is exiting: nobody will read a reply
             return
-        coro = self._serve(chain)
-        try:
-            coro.send(None)
-        except StopIteration as done:
-            written = int(done.value)
-        else:
-            coro.close()
-            log.error(
-                "queue %d: request on chain %d tried to await in the queue thread",
-                self.vring.index,
-                chain.head,
-            )
-            written = 0
-        self._complete(chain, written)
+        self._drive(self._serve(chain), chain, None)
+
+    def _drive(self, coro: Coroutine[Any, Any, int], chain: Chain, value: int | None) -> None:
+        """Run a request's coroutine until it returns or waits for a kernel read.
+
+        A coroutine may only yield a `KernelRead` here. It is submitted to the kernel when
+        other requests wait in the ring (they are served during the copy) and there is room
+        in flight; otherwise it is read right here and the coroutine goes on at once.
+        """
+        while True:
+            try:
+                request = coro.send(value)
+            except StopIteration as done:
+                self._complete(chain, int(done.value))
+                return
+            if not isinstance(request, KernelRead):
+                coro.close()
+                log.error(
+                    "queue %d: request on chain %d tried to await in the queue thread",
+                    self.vring.index,
+                    chain.head,
+                )
+                self._complete(chain, 0)
+                return
+            ring = self._ring
+            if ring is not None and len(self._reads) < ring.capacity and self.queue.pending():
+                key = self._next_key = self._next_key + 1
+                try:
+                    _, address = request.bufs.iovec_array()
+                    ring.submit_readv(request.fd, address, len(request.bufs), request.offset, key)
+                except OSError as exc:
+                    log.warning("queue %d: io_uring submission failed: %s", self.vring.index, exc)
+                else:
+                    # The coroutine's frame keeps `request` (its buffers, their iovec array
+                    # and the mapping they point into) alive until we resume it.
+                    self._reads[key] = (coro, chain)
+                    return
+            try:
+                value = request.run()
+            except OSError as exc:
+                value = -exc.errno if exc.errno else -errno.EIO
+
+    def _kernel_reads_done_soon(self) -> bool:
+        """Poll, for up to READ_SPIN_NS, until a kernel read completes or a request arrives.
+
+        Only while reads are in flight: they finish in microseconds, unlike a guest's next
+        request, which the thread sleeps for.
+        """
+        ring, queue = self._ring, self.queue
+        assert ring is not None
+        deadline = time.perf_counter_ns() + READ_SPIN_NS
+        while True:
+            ring.collect()
+            if ring.ready() or queue.pending():
+                return True
+            if time.perf_counter_ns() >= deadline:
+                return False
+
+    def _finish_reads(self) -> None:
+        """Resume the requests whose kernel reads have completed."""
+        assert self._ring is not None
+        for key, result in self._ring.reap():
+            coro, chain = self._reads.pop(key)
+            self._drive(coro, chain, result)
+
+    def _finish_all_reads(self) -> None:
+        """Before the thread leaves: wait for every read still in the kernel, complete it."""
+        while self._reads:
+            assert self._ring is not None
+            self._ring.wait()
+            self._finish_reads()

@@ -52,7 +52,7 @@ from vhostfs.fuse.filesystem import (
     Opened,
     StatFs,
 )
-from vhostfs.virtio.guestbufs import preadv_into
+from vhostfs.offload import read_into
 
 # Open flags a guest may not pass through: creation is a separate op, O_DIRECT needs
 # aligned buffers guest memory does not promise, O_NOFOLLOW is meaningless on a reopen.
@@ -332,7 +332,7 @@ class PassthroughFilesystem(Filesystem):
 
     async def read(self, ctx: Context, ino: Ino, fh: FileHandle, offset: int,
                    bufs: Sequence[memoryview]) -> int:  # fmt: skip
-        return preadv_into(self._file(fh).fd, bufs, offset)
+        return await read_into(self._file(fh).fd, bufs, offset)
 
     async def flush(self, ctx: Context, ino: Ino, fh: FileHandle, lock_owner: int) -> None:
         # Closing a duplicate runs the host's flush-on-close (NFS, POSIX lock release).
