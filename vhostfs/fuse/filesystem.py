@@ -15,8 +15,8 @@ Contracts (the same as the kernel's, see linux/include/uapi/linux/fuse.h):
 * Node ids (`Ino`) are chosen by the filesystem; 1 is the root. Every `Entry` with a non-zero
   `ino` returned by lookup, create, mknod, mkdir, symlink or link adds one to that node's
   lookup count; `forget(ino, n)` takes `n` away, and at zero the filesystem may drop the node.
-  The server calls `lookup` once per READDIRPLUS entry it actually sends, so readdir itself
-  never changes lookup counts.
+  For READDIRPLUS the server calls `lookup` once per entry it sends, unless the filesystem
+  lists entries with their lookups done (`readdirplus`); readdir never changes lookup counts.
 * `Attr.ino` is the inode number the guest sees in st_ino; it need not equal the node id.
 * Errors: raise `FsError(errno)` (or an exception carrying an `errno` attribute, such as
   OSError or RafsError). The server turns it into the reply; nothing else does.
@@ -40,6 +40,8 @@ Ino = NewType("Ino", int)
 FileHandle = NewType("FileHandle", int)
 
 ROOT_INO = Ino(1)
+
+_new_tuple = tuple.__new__
 
 
 @dataclass(frozen=True, slots=True)
@@ -73,23 +75,16 @@ class Attr(NamedTuple):
 
     @classmethod
     def from_stat(cls, st: os.stat_result, ino: int | None = None) -> Attr:
-        return cls(
-            ino=st.st_ino if ino is None else ino,
-            size=st.st_size,
-            blocks=st.st_blocks,
-            atime=st.st_atime_ns // 1_000_000_000,
-            mtime=st.st_mtime_ns // 1_000_000_000,
-            ctime=st.st_ctime_ns // 1_000_000_000,
-            atime_ns=st.st_atime_ns % 1_000_000_000,
-            mtime_ns=st.st_mtime_ns % 1_000_000_000,
-            ctime_ns=st.st_ctime_ns % 1_000_000_000,
-            mode=st.st_mode,
-            nlink=st.st_nlink,
-            uid=st.st_uid,
-            gid=st.st_gid,
-            rdev=st.st_rdev,
-            blksize=st.st_blksize,
-        )
+        # Positional and through tuple.__new__: 0.5 us instead of 1.5 us with keywords,
+        # and this runs for every LOOKUP, GETATTR and READDIRPLUS entry.
+        atime, atime_ns = divmod(st.st_atime_ns, 1_000_000_000)
+        mtime, mtime_ns = divmod(st.st_mtime_ns, 1_000_000_000)
+        ctime, ctime_ns = divmod(st.st_ctime_ns, 1_000_000_000)
+        return _new_tuple(cls, (
+            st.st_ino if ino is None else ino, st.st_size, st.st_blocks,
+            atime, mtime, ctime, atime_ns, mtime_ns, ctime_ns,
+            st.st_mode, st.st_nlink, st.st_uid, st.st_gid, st.st_rdev, st.st_blksize, 0,
+        ))  # fmt: skip
 
     @property
     def dirent_type(self) -> int:
@@ -305,6 +300,19 @@ class Filesystem:
         """
         raise not_supported()
 
+    async def readdirplus(
+        self, ctx: Context, ino: Ino, fh: FileHandle, offset: int
+    ) -> Iterator[tuple[DirEntry, Entry | None]] | None:
+        """readdir's entries, each with its lookup done; None: the server looks them up.
+
+        A filesystem that can look entries up more cheaply while listing (the passthrough:
+        one fstatat per name, no round through the server) yields (entry, lookup) pairs,
+        None in place of the lookup for "." and "..". Every Entry yielded counts as one
+        lookup, and the server `forget`s those it pulled but could not send. A name that
+        vanished between listing and lookup is left out.
+        """
+        return None
+
     async def releasedir(self, ctx: Context, ino: Ino, fh: FileHandle) -> None:
         """Close a handle from opendir."""
 
@@ -454,6 +462,11 @@ class ReadOnlyFilesystem(Filesystem):
         self, ctx: Context, ino: Ino, fh: FileHandle, offset: int
     ) -> Iterator[DirEntry]:
         return await self.inner.readdir(ctx, ino, fh, offset)
+
+    async def readdirplus(
+        self, ctx: Context, ino: Ino, fh: FileHandle, offset: int
+    ) -> Iterator[tuple[DirEntry, Entry | None]] | None:
+        return await self.inner.readdirplus(ctx, ino, fh, offset)
 
     async def releasedir(self, ctx: Context, ino: Ino, fh: FileHandle) -> None:
         await self.inner.releasedir(ctx, ino, fh)

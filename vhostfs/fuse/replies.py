@@ -11,9 +11,7 @@ Raises ChainError (from the writer) when the guest's writable buffer is too smal
 
 from __future__ import annotations
 
-import operator
 import struct
-from collections.abc import Callable
 from typing import Final
 
 from rafs.records import Composite, Record
@@ -39,11 +37,14 @@ DIRENTPLUS: Final = abi.DirentplusHeader.STRUCT
 DIRENT_SIZE: Final = abi.DirentHeader.SIZE
 DIRENTPLUS_SIZE: Final = abi.DirentplusHeader.SIZE
 
-# The fields of filesystem.Attr in fuse_attr order, read in one C call.
-attr_values: Final[Callable[[Attr], tuple[int, ...]]] = operator.attrgetter(
+# filesystem.Attr is a tuple whose fields are struct fuse_attr's, in wire order, so an Attr
+# is packed as it is (`*attr`), with no per-field reads. Checked here, once.
+_FUSE_ATTR_ORDER: Final = (
     "ino", "size", "blocks", "atime", "mtime", "ctime", "atime_ns", "mtime_ns", "ctime_ns",
     "mode", "nlink", "uid", "gid", "rdev", "blksize", "flags",
 )  # fmt: skip
+if Attr._fields != _FUSE_ATTR_ORDER:
+    raise ImportError("filesystem.Attr no longer lists fuse_attr's fields in wire order")
 
 _NSEC: Final = 1_000_000_000
 _timeouts: dict[float, tuple[int, int]] = {}
@@ -90,7 +91,7 @@ def record(writer: ChainWriter, unique: int, rec: Record) -> int:
 def attr(writer: ChainWriter, unique: int, value: Attr, timeout: float) -> int:
     secs, nsecs = split_timeout(timeout)
     writer.write_at(
-        0, ATTR_REPLY.pack(ATTR_REPLY.size, 0, unique, secs, nsecs, 0, *attr_values(value))
+        0, ATTR_REPLY.pack(ATTR_REPLY.size, 0, unique, secs, nsecs, 0, *value)
     )
     return ATTR_REPLY.size
 
@@ -99,8 +100,7 @@ def entry_values(entry: Entry) -> tuple[int, ...]:
     """The fuse_entry_out fields of an Entry, in wire order."""
     esecs, ensecs = split_timeout(entry.entry_timeout)
     asecs, ansecs = split_timeout(entry.attr_timeout)
-    head = (entry.ino, entry.generation, esecs, asecs, ensecs, ansecs)
-    return head + attr_values(entry.attr)
+    return (entry.ino, entry.generation, esecs, asecs, ensecs, ansecs, *entry.attr)
 
 
 def entry(writer: ChainWriter, unique: int, value: Entry) -> int:
