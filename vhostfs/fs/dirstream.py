@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import os
 import stat
+import sys
 from collections.abc import Iterator
 
 from vhostfs.fuse.filesystem import DirEntry
@@ -24,16 +25,19 @@ from vhostfs.fuse.filesystem import DirEntry
 DT_DIR = stat.S_IFDIR >> 12
 DT_REG = stat.S_IFREG >> 12
 DT_LNK = stat.S_IFLNK >> 12
+_FS_ENCODING = sys.getfilesystemencoding()
+_FS_ERRORS = sys.getfilesystemencodeerrors()
 
 
 def dirent_type(entry: os.DirEntry[str]) -> int:
     """DT_* of a scandir entry without following symlinks (d_type, else lstat)."""
-    if entry.is_symlink():
-        return DT_LNK
-    if entry.is_dir(follow_symlinks=False):
-        return DT_DIR
+    # Most common first: one call for a regular file (a listing costs ~1 us per call).
     if entry.is_file(follow_symlinks=False):
         return DT_REG
+    if entry.is_dir(follow_symlinks=False):
+        return DT_DIR
+    if entry.is_symlink():
+        return DT_LNK
     try:
         return stat.S_IFMT(entry.stat(follow_symlinks=False).st_mode) >> 12
     except OSError:
@@ -83,7 +87,8 @@ class DirStream:
         if host is None:
             return None
         self._produced += 1
-        return DirEntry(host.inode(), os.fsencode(host.name), dirent_type(host), pos + 1)
+        name = host.name.encode(_FS_ENCODING, _FS_ERRORS)  # os.fsencode, minus its checks
+        return DirEntry(host.inode(), name, dirent_type(host), pos + 1)
 
     def _skip_to(self, offset: int) -> None:
         while self._produced < offset and self._next() is not None:

@@ -373,6 +373,30 @@ class PassthroughFilesystem(Filesystem):
                       offset: int) -> Iterator[DirEntry]:  # fmt: skip
         return self._dir(fh).entries(offset)
 
+    async def readdirplus(self, ctx: Context, ino: Ino, fh: FileHandle,
+                          offset: int) -> Iterator[tuple[DirEntry, Entry | None]]:  # fmt: skip
+        return self._looked_up(self._node(ino), self._dir(fh).entries(offset))
+
+    def _looked_up(
+        self, parent: HostInode, entries: Iterator[DirEntry]
+    ) -> Iterator[tuple[DirEntry, Entry | None]]:
+        """Each listed entry with its lookup: what `lookup` does, minus the name checks
+        a name fresh from the host directory does not need."""
+        try:
+            for d in entries:
+                if d.name in _DOTS:
+                    yield d, None
+                    continue
+                try:
+                    entry = self._new_entry(parent, d.name)
+                except FileNotFoundError:
+                    continue  # removed on the host since it was listed
+                yield d, entry
+        finally:
+            close = getattr(entries, "close", None)
+            if close is not None:
+                close()  # the stream's generator (not the stream: the handle stays open)
+
     async def releasedir(self, ctx: Context, ino: Ino, fh: FileHandle) -> None:
         _close(self.handles.pop(fh))
 
@@ -395,6 +419,9 @@ class PassthroughFilesystem(Filesystem):
             # as root). Reading one is refused by the guest kernel itself.
             names = [n for n in names if not n.startswith(b"trusted.")]
         return names
+
+
+_DOTS = (b".", b"..")
 
 
 def _unreachable() -> HostInode:

@@ -358,6 +358,22 @@ class PseudoFilesystem(Filesystem):
         fs, _, inner = route
         return await fs.opendir(ctx, inner, flags)
 
+    async def readdirplus(
+        self, ctx: Context, ino: Ino, fh: FileHandle, offset: int
+    ) -> Iterator[tuple[DirEntry, Entry | None]] | None:
+        route = self._route(ino)
+        if route is None:
+            return None  # a pseudo directory: the server looks its few entries up
+        fs, index, inner = route
+        listing = await fs.readdirplus(ctx, inner, fh, offset)
+        if listing is None or self._keeps_numbers(index):
+            return listing
+        return (
+            (DirEntry(self._outer(index, d.ino), d.name, d.type, d.offset),
+             None if e is None else self._entry(index, e))
+            for d, e in listing
+        )  # fmt: skip
+
     async def readdir(
         self, ctx: Context, ino: Ino, fh: FileHandle, offset: int
     ) -> Iterator[DirEntry]:

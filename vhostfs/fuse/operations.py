@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import errno
 from collections.abc import Awaitable, Callable, Iterator
-from typing import TYPE_CHECKING, Final, TypeAlias
+from typing import TYPE_CHECKING, Any, Final, TypeAlias
 
 from vhostfs.errors import FsError
 from vhostfs.fuse import abi, replies
@@ -313,6 +313,9 @@ class Operations:
                           reader: ChainReader, writer: ChainWriter) -> int:  # fmt: skip
         fh, offset, size, _, _, _, _ = reader.unpack(_READ_IN)
         limit = min(size, writer.capacity - HDR)
+        listing = await self.fs.readdirplus(ctx, _ino(nodeid), _fh(fh), offset)
+        if listing is not None:
+            return replies.payload(writer, unique, self._pack_listed(listing, limit))
         buf = bytearray()
         entries = await self.fs.readdir(ctx, _ino(nodeid), _fh(fh), offset)
         try:
@@ -329,6 +332,35 @@ class Operations:
         finally:
             _close(entries)
         return replies.payload(writer, unique, buf)
+
+    def _pack_listed(self, listing: Iterator[tuple[DirEntry, Entry | None]],
+                     limit: int) -> bytearray:  # fmt: skip
+        """Pack entries the filesystem looked up itself, up to `limit` bytes.
+
+        The one pulled that does not fit has been counted as a lookup: forget it. Once
+        entries were packed an error ends the listing there (the guest asks again from the
+        last one) instead of failing a reply whose lookups already counted.
+        """
+        buf = bytearray()
+        pack = replies.direntplus
+        try:
+            for d, new in listing:
+                name = d.name
+                if not name or b"/" in name or b"\0" in name:
+                    if new is not None:
+                        self.fs.forget(new.ino, 1)
+                    continue
+                if len(buf) + abi.rec_align(replies.DIRENTPLUS_SIZE + len(name)) > limit:
+                    if new is not None:
+                        self.fs.forget(new.ino, 1)
+                    break
+                pack(buf, d.ino, d.offset, d.type, name, new)
+        except Exception:
+            if not buf:
+                raise
+        finally:
+            _close(listing)
+        return buf
 
     async def _plus_entry(
         self, ctx: Context, parent: int, d: DirEntry, sent_any: bool
@@ -375,7 +407,7 @@ def _valid(entries: Iterator[DirEntry]) -> Iterator[DirEntry]:
             yield d
 
 
-def _close(entries: Iterator[DirEntry]) -> None:
+def _close(entries: Iterator[Any]) -> None:
     close = getattr(entries, "close", None)
     if close is not None:
         close()
