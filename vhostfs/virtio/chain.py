@@ -194,8 +194,31 @@ def walk_indirect(memory: GuestMemory, chain: Chain, table: memoryview, packed: 
     iovecs for preadv/pwritev, fewer objects).
     """
     count = len(table) // DESCRIPTOR.size
-    if count > COLUMNAR_MIN and _walk_known_or_columns(memory, chain, table, count, packed):
+    if count > COLUMNAR_MIN:
+        if _walk_known_or_columns(memory, chain, table, count, packed):
+            return
+        _walk_rows(memory, chain, table, count, packed)
         return
+    # A short table (every request but a multi-page READ or WRITE): the same bytes always
+    # decode to the same buffers, and guests reuse their request buffers, so the decoded
+    # walk is remembered per memory table like the long ones. Decoding our copy also keeps
+    # the guest from changing the table between check and use.
+    key = (packed, bytes(table))
+    known = memory.translations.get(key)
+    if known is not None:
+        readable, writable = cast(_Decoded, known)
+        chain.readable = list(readable)
+        chain.writable = list(writable)  # views: a short table never makes GuestBuffers
+        return
+    _walk_rows(memory, chain, memoryview(key[1]), count, packed)
+    assert isinstance(chain.writable, list)
+    memory.remember(key, (tuple(chain.readable), tuple(chain.writable)))
+
+
+def _walk_rows(
+    memory: GuestMemory, chain: Chain, table: memoryview, count: int, packed: bool
+) -> None:
+    """The general walk, entry by entry, for any table the fast paths do not take."""
     flat = _table_struct(count).unpack(table)
     rows = list(zip(flat[0::4], flat[1::4], flat[2::4], flat[3::4], strict=True))
     readable, writable = chain.readable, chain.writable

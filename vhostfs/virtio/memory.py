@@ -100,8 +100,9 @@ def _unmap(region: MappedRegion) -> None:
 
 
 # Translations remembered per memory table: a guest that reuses its I/O buffers (dd, a
-# read loop) sends the same few indirect tables over and over.
-TRANSLATIONS: Final = 64
+# read loop, the request buffers its FUSE driver recycles) sends the same indirect tables
+# over and over. Each entry is a few views; the oldest goes first.
+TRANSLATIONS: Final = 256
 
 
 class GuestMemory:
