@@ -232,3 +232,44 @@ def _spare_region() -> tuple[MemRegion, int]:
     fd = os.memfd_create("spare")
     os.ftruncate(fd, 0x1000)
     return MemRegion(1 << 30, 0x1000, 0x9000_0000, 0), fd
+
+
+def test_a_short_table_sent_again_reuses_its_walk_and_never_a_stale_one(
+    memory: GuestMemory,
+) -> None:
+    """Every request's table (header, arguments, reply) is remembered like the long ones;
+    a table rewritten in place is decoded anew, never served from the old walk."""
+    entries = [(DATA, 40, 0), (DATA + 40, 16, 0), (DATA + 0x1000, 16, F_WRITE),
+               (DATA + 0x2000, 4096, F_WRITE)]  # fmt: skip
+
+    def write_table(entries: list[tuple[int, int, int]]) -> None:
+        for i, (addr, length, flags) in enumerate(entries):
+            more = F_NEXT if i < len(entries) - 1 else 0
+            put_desc(memory, 0x4000, i, addr, length, flags | more, i + 1)
+
+    write_table(entries)
+    for slot in range(3):
+        put_desc(memory, DESC, slot, 0x4000, 16 * len(entries), F_INDIRECT, 0)
+    publish(memory, [0, 1])
+    q = queue(memory)
+    first, second = q.pop(), q.pop()
+    assert first is not None and second is not None and first.error is None
+    # The header and arguments are contiguous: one view. Reused, in lists of their own.
+    assert [len(v) for v in first.readable] == [56]
+    assert [len(v) for v in first.writable] == [16, 4096]
+    assert second.readable[0] is first.readable[0] and second.readable is not first.readable
+    assert len(memory.translations) == 1
+
+    write_table([(DATA + 0x100, 56, 0), (DATA + 0x3000, 4096, F_WRITE)])  # in place
+    put_desc(memory, DESC, 2, 0x4000, 32, F_INDIRECT, 0)
+    publish(memory, [2], start=2)
+    third = q.pop()
+    assert third is not None and third.error is None
+    assert [len(v) for v in third.readable] == [56] and [len(v) for v in third.writable] == [4096]
+    memory.view(DATA + 0x100, 56)[:] = b"\x07" * 56
+    assert bytes(third.readable[0]) == b"\x07" * 56  # a view of the new buffer, not the old
+
+    region, fd = _spare_region()
+    memory.add_region(region, fd)
+    os.close(fd)
+    assert memory.translations == {}
