@@ -229,18 +229,22 @@ class PassthroughFilesystem(Filesystem):
         return True
 
     def _new_entry(self, parent: HostInode, name: bytes) -> Entry:
-        """Look `name` up under `parent` and count one guest reference to its node.
+        """Look `name` up under `parent` and count one guest reference to its node."""
+        return self._entry_at(self._fd(parent), parent, name)
+
+    def _entry_at(self, pfd: int, parent: HostInode, name: bytes) -> Entry:
+        """`_new_entry` with the parent's fd in hand (a listing looks up many names in one).
 
         A single component with AT_SYMLINK_NOFOLLOW cannot leave the parent, so a name whose
         inode is already known needs only the fstatat; new inodes are opened (beneath the
         parent, no symlinks) to get a file handle and an fd for the LRU.
         """
-        pfd = self._fd(parent)
         st = os.stat(name, dir_fd=pfd, follow_symlinks=False)
-        ino = self.nodes.find((st.st_dev, st.st_ino))
+        key = (st.st_dev, st.st_ino)
+        ino = self.nodes.find(key)
         if ino is not None:
-            self.nodes.ref((st.st_dev, st.st_ino), _unreachable)
-            return Entry(ino, attr_of(st), self.timeout, self.timeout)
+            self.nodes.ref(key, _unreachable)
+            return _new_tuple(Entry, (ino, attr_of(st), self.timeout, self.timeout, 0))
         fd = hostfd.open_beneath(pfd, name, os.O_PATH)
         try:
             st = os.fstat(fd)
@@ -375,10 +379,11 @@ class PassthroughFilesystem(Filesystem):
 
     async def readdirplus(self, ctx: Context, ino: Ino, fh: FileHandle,
                           offset: int) -> Iterator[tuple[DirEntry, Entry | None]]:  # fmt: skip
-        return self._looked_up(self._node(ino), self._dir(fh).entries(offset))
+        parent = self._node(ino)
+        return self._looked_up(self._fd(parent), parent, self._dir(fh).entries(offset))
 
     def _looked_up(
-        self, parent: HostInode, entries: Iterator[DirEntry]
+        self, pfd: int, parent: HostInode, entries: Iterator[DirEntry]
     ) -> Iterator[tuple[DirEntry, Entry | None]]:
         """Each listed entry with its lookup: what `lookup` does, minus the name checks
         a name fresh from the host directory does not need."""
@@ -388,7 +393,7 @@ class PassthroughFilesystem(Filesystem):
                     yield d, None
                     continue
                 try:
-                    entry = self._new_entry(parent, d.name)
+                    entry = self._entry_at(pfd, parent, d.name)
                 except FileNotFoundError:
                     continue  # removed on the host since it was listed
                 yield d, entry
@@ -422,6 +427,7 @@ class PassthroughFilesystem(Filesystem):
 
 
 _DOTS = (b".", b"..")
+_new_tuple = tuple.__new__  # a NamedTuple without its keyword-handling __new__ (hot path)
 
 
 def _unreachable() -> HostInode:

@@ -343,16 +343,18 @@ class Operations:
         """
         buf = bytearray()
         pack = replies.direntplus
+        fixed = replies.DIRENTPLUS_SIZE + 7  # a record is this plus the name, 8-aligned
+        forget = self.fs.forget
         try:
             for d, new in listing:
                 name = d.name
-                if not name or b"/" in name or b"\0" in name:
+                if not name or b"/" in name or b"\0" in name:  # never shown to a guest
                     if new is not None:
-                        self.fs.forget(new.ino, 1)
+                        forget(new.ino, 1)
                     continue
-                if len(buf) + abi.rec_align(replies.DIRENTPLUS_SIZE + len(name)) > limit:
+                if len(buf) + ((fixed + len(name)) & ~7) > limit:
                     if new is not None:
-                        self.fs.forget(new.ino, 1)
+                        forget(new.ino, 1)
                     break
                 pack(buf, d.ino, d.offset, d.type, name, new)
         except Exception:

@@ -92,9 +92,9 @@ async def test_a_listing_that_fails_keeps_what_was_packed(
 
     def failing_after(limit: int) -> object:
         def looked_up(
-            self: PassthroughFilesystem, parent: object, entries: Iterator[DirEntry]
+            self: PassthroughFilesystem, pfd: int, parent: object, entries: Iterator[DirEntry]
         ) -> Iterator[tuple[DirEntry, Entry | None]]:
-            for count, pair in enumerate(real(self, parent, entries)):  # type: ignore[arg-type]
+            for count, pair in enumerate(real(self, pfd, parent, entries)):  # type: ignore[arg-type]
                 if count == limit:
                     raise OSError(errno.EIO, "disk on fire")
                 yield pair
