@@ -4,8 +4,8 @@ Why a thread: measured with a QEMU TCG guest doing one 4 KiB read at a time, a t
 waiting on the kick fd (`wait_readable`, trio's epoll loop, a task switch) added ~40 us to
 every round trip, while a thread blocked in poll() wakes straight into the ring (random
 reads went from 0.71x to 0.80x of the C virtiofsd in hack/bench, docs/performance.md).
-Only one thread runs Python at a time anyway (the GIL), so the thread buys latency, not
-parallelism.
+Only one thread runs Python at a time anyway (the GIL), so the thread buys latency; the
+parallelism it gets is the kernel's, copying large reads on another core (iouring.py).
 
 How it shares the daemon: the thread runs requests only while it holds the dispatch lock
 (`dispatch.py`), which trio's loop holds whenever it runs. Every piece of state, the
@@ -16,9 +16,10 @@ Requests that may await (a blob fetch for a RAFS read, INIT, DESTROY: the reques
 says which, before starting one) cannot run in the thread, because trio's primitives need
 trio's own thread. The thread hands those chains to a small pool of trio workers of this
 runner, which complete them into the same ring under the same lock. Every other request is
-driven inline: its coroutine finishes at the first `send` without ever yielding to a
-scheduler (a handler that yields anyway is a bug; the request fails with a zero-length
-reply and an error in the log).
+driven inline by the thread. Its coroutine may yield one thing only: a `KernelRead`
+(offload.py), a large read the thread may hand to its io_uring while it serves the requests
+waiting behind it, resuming the coroutine when the kernel has copied the data. Anything else
+it yields is a bug: the request fails with a zero-length reply and an error in the log.
 
 Notifications are batched as in `virtiofs.QueueRunner`: the interrupt decision is taken when
 the ring is empty or after NOTIFY_BATCH completions. Stopping: the thread leaves at the next
