@@ -47,6 +47,7 @@ _OP_READV: Final = 1
 # the serving loop makes anyway (the next submission, an interrupt, poll).
 _SETUP_COOP_TASKRUN: Final = 1 << 8
 _SQE_ASYNC: Final = 1 << 4  # always run in a kernel worker, never inline in the submitter
+_ENTER_RETRIES: Final = 100  # EINTR/EAGAIN/EBUSY are passing states; never spin forever
 
 # struct io_uring_params: 10 u32, then io_sqring_offsets and io_cqring_offsets (8 u32 + u64
 # each). Only the fields we read are named.
@@ -114,9 +115,10 @@ class IoUring:
     def _map(self, params: bytearray) -> None:
         fields = _PARAMS.unpack(params)
         sq_entries, cq_entries, _, _, _, features = fields[:6]
-        # The kernel's SQ head is never read: with at most `capacity` in flight, every slot
-        # we reuse has been consumed (submit_readv enters the kernel for each submission).
-        _, sq_tail, sq_mask, _, _, _, sq_array = fields[10:17]
+        # With at most `capacity` in flight, every slot we reuse has been consumed
+        # (submit_readv enters the kernel for each submission); the kernel's SQ head only
+        # tells a failed submission whether to take its entry back.
+        sq_head, sq_tail, sq_mask, _, _, _, sq_array = fields[10:17]
         cq_head, cq_tail, cq_mask, _, _, cqes = fields[19:25]
         sq_size = sq_array + sq_entries * 4
         cq_size = cqes + cq_entries * _CQE.size
@@ -128,7 +130,8 @@ class IoUring:
         sq_words = memoryview(sq_ring).cast("I")
         cq_words = memoryview(cq_ring).cast("I")
         self._sq_words, self._cq_words = sq_words, cq_words
-        self._sq_tail_at, self._sq_array_at = sq_tail // 4, sq_array // 4
+        self._sq_head_at, self._sq_tail_at = sq_head // 4, sq_tail // 4
+        self._sq_array_at = sq_array // 4
         self._sq_mask = sq_words[sq_mask // 4]
         self._cq_head_at, self._cq_tail_at = cq_head // 4, cq_tail // 4
         self._cq_mask = cq_words[cq_mask // 4]
@@ -155,20 +158,26 @@ class IoUring:
         here on), and its completion appears in `reap` under `user_data`. Never more than
         `capacity` in flight: every submission slot is then free again when we reuse it.
         """
-        tail = self._sq_tail
-        index = tail & self._sq_mask
+        before = self._sq_tail
+        index = before & self._sq_mask
         _SQE.pack_into(self._sqes, index * _SQE.size, _OP_READV, _SQE_ASYNC, 0, fd, offset,
                        iovecs, count, 0, user_data)  # fmt: skip
-        self._sq_words[self._sq_array_at + index] = index
-        self._sq_tail = tail = (tail + 1) & 0xFFFFFFFF
-        self._sq_words[self._sq_tail_at] = tail
-        while True:
-            submitted = _syscall(_SYS_IO_URING_ENTER, self.fd, 1, 0, 0, None, 0)
-            if submitted >= 0:
-                break
+        words = self._sq_words
+        words[self._sq_array_at + index] = index
+        self._sq_tail = tail = (before + 1) & 0xFFFFFFFF
+        words[self._sq_tail_at] = tail
+        for _ in range(_ENTER_RETRIES):
+            if _syscall(_SYS_IO_URING_ENTER, self.fd, 1, 0, 0, None, 0) >= 0:
+                return
             code = ctypes.get_errno()
             if code not in (errno.EINTR, errno.EAGAIN, errno.EBUSY):
-                raise OSError(code, f"io_uring_enter: {os.strerror(code)}")
+                break
+        if words[self._sq_head_at] != tail:
+            # Not consumed: take it back, or the next submission would carry it along and
+            # its completion would come under a key nobody waits for.
+            self._sq_tail = before
+            words[self._sq_tail_at] = before
+        raise OSError(code, f"io_uring_enter: {os.strerror(code)}")
 
     def ready(self) -> bool:
         """Whether completions are waiting to be reaped."""

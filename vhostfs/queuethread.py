@@ -280,8 +280,11 @@ class QueueThread(RingService):
         """Resume the requests whose kernel reads have completed."""
         assert self._ring is not None
         for key, result in self._ring.reap():
-            coro, chain = self._reads.pop(key)
-            self._drive(coro, chain, result)
+            waiting = self._reads.pop(key, None)
+            if waiting is None:  # cannot happen: every key is submitted once, then popped
+                log.error("queue %d: io_uring completion %d for no request", self.vring.index, key)
+                continue
+            self._drive(*waiting, result)
 
     def _finish_all_reads(self) -> None:
         """Before the thread leaves: wait for every read still in the kernel, complete it."""

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 
+from vhostfs import iouring
 from vhostfs.iouring import IoUring, open_ring
 
 DATA = bytes((i * 13 + 5) % 253 for i in range(256 << 10))
@@ -111,3 +112,28 @@ def test_close_releases_the_ring_and_its_eventfd() -> None:
             os.fstat(closed)
         assert err.value.errno == errno.EBADF
     ring.close()  # twice is harmless
+
+
+def test_a_submission_the_kernel_refused_is_taken_back(
+    ring: IoUring, data_fd: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    real = iouring._syscall
+
+    def refusing(number: int, *args: object) -> int:
+        if number == iouring._SYS_IO_URING_ENTER:
+            ctypes.set_errno(errno.ENOMEM)
+            return -1
+        return int(real(number, *args))
+
+    bufs = Buffers([(0, 4096)])
+    monkeypatch.setattr(iouring, "_syscall", refusing)
+    with pytest.raises(OSError) as err:
+        ring.submit_readv(data_fd, bufs.address, 1, 0, user_data=1)
+    assert err.value.errno == errno.ENOMEM
+    monkeypatch.setattr(iouring, "_syscall", real)
+    ring.submit_readv(data_fd, bufs.address, 1, 0, user_data=2)
+    poller = select.poll()
+    poller.register(ring.eventfd, select.POLLIN)
+    assert poller.poll(POLL_LIMIT_MS)
+    ring.collect()
+    assert ring.reap() == [(2, 4096)]  # the refused one never ran, nor took its place
