@@ -22,7 +22,7 @@ waiting behind it, resuming the coroutine when the kernel has copied the data. A
 it yields is a bug: the request fails with a zero-length reply and an error in the log.
 
 Notifications are batched as in `virtiofs.QueueRunner`: the interrupt decision is taken when
-the ring is empty or after NOTIFY_BATCH completions. Stopping: the thread leaves at the next
+the ring is empty or after a batch (ringservice.py). Stopping: the thread leaves at the next
 request boundary (a wake eventfd interrupts its poll), requests handed to trio get
 STOP_GRACE seconds, then they are cancelled.
 """

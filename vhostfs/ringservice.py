@@ -18,11 +18,15 @@ from vhostfs.virtio.chain import Chain
 
 log = logging.getLogger(__name__)
 
+# The most completions one interrupt may wait for, however deep the driver's queue.
+NOTIFY_MAX = 32
+
 
 class Queue(Protocol):
     """The device side of a split or packed ring (virtio/ring.py, virtio/packed.py)."""
 
     def pending(self) -> bool: ...
+    def backlog(self) -> int: ...
     def pop(self) -> Chain | None: ...
     def push(self, chain: Chain, written: int) -> None: ...
     def should_notify(self) -> bool: ...
@@ -58,7 +62,12 @@ class RingService:
         queue = self.queue
         queue.push(chain, written)
         self._unsignalled += 1
-        if self._unsignalled >= self._notify_batch or not queue.pending():
+        done = self._unsignalled
+        if not queue.pending() or done >= NOTIFY_MAX:
+            self._notify()
+        elif done >= self._notify_batch and done >= queue.backlog():
+            # As many completed as still wait: a driver woken now refills the ring before we
+            # run dry, and one wake-up covers half of what it keeps in flight.
             self._notify()
 
     def _notify(self) -> None:

@@ -103,6 +103,11 @@ class PackedQueue:
         """Whether the driver has made a chain available that we have not popped."""
         return self._is_available(self.last_avail)
 
+    def backlog(self) -> int:
+        """How many chains wait to be popped: a packed ring has no index to tell without
+        walking the descriptors, so 0 ("unknown"), and the minimum batch decides."""
+        return 0
+
     def pop(self) -> Chain | None:
         """The next available chain, or None. A malformed chain comes back with `error`."""
         if not self._is_available(self.last_avail):

@@ -95,6 +95,11 @@ class SplitQueue:
         """Whether the driver has made a chain available that we have not popped."""
         return self._avail[1] != self.last_avail
 
+    def backlog(self) -> int:
+        """How many chains wait to be popped (bounded by the ring: a lying index cannot
+        make it more)."""
+        return min((self._avail[1] - self.last_avail) & 0xFFFF, self.num)
+
     def pop(self) -> Chain | None:
         """The next available chain, or None. A malformed chain comes back with `error`."""
         if self.available() == 0:
