@@ -67,7 +67,7 @@ class KernelRead:
 async def read_into(fd: int, bufs: Sequence[memoryview], offset: int) -> int:
     """Fill `bufs` in order from `fd` at `offset`; the count is short only at end of file."""
     if (
-        isinstance(bufs, GuestBuffers)
+        type(bufs) is GuestBuffers
         and getattr(_this_thread, "accepts", False)
         and len(bufs) <= IOV_MAX
         and bufs.nbytes >= OFFLOAD_MIN

@@ -106,7 +106,7 @@ class ChainWriter:
 
     def __init__(self, bufs: list[memoryview] | GuestBuffers) -> None:
         self._bufs = bufs
-        self._lens = bufs.lens if isinstance(bufs, GuestBuffers) else list(map(len, bufs))
+        self._lens = bufs.lens if type(bufs) is GuestBuffers else list(map(len, bufs))
         self.capacity = sum(self._lens)
         self.written = 0  # high-water mark of bytes written from the start
 
@@ -148,7 +148,7 @@ class ChainWriter:
         bufs = self._bufs
         if local == 0 and offset + size == self.capacity:
             return bufs[index:]  # the rest of the chain: a READ reply's pages
-        if isinstance(bufs, GuestBuffers):
+        if type(bufs) is GuestBuffers:
             return bufs[index:].span(local, size)
         if index == 0 and local == 0:
             return split_views(bufs, 0, size)

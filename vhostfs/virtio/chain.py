@@ -109,12 +109,12 @@ def _walk_known_or_columns(
     if known is not None:
         readable, writable = cast(_Decoded, known)
         chain.readable = list(readable)
-        chain.writable = writable if isinstance(writable, GuestBuffers) else list(writable)
+        chain.writable = writable if type(writable) is GuestBuffers else list(writable)
         return True
     if not _walk_columns(memory, chain, memoryview(key[1]), count, packed):
         return False
     out = chain.writable
-    shared = out if isinstance(out, GuestBuffers) else tuple(out)
+    shared = out if type(out) is GuestBuffers else tuple(out)
     decoded: _Decoded = (tuple(chain.readable), shared)
     memory.remember(key, decoded)
     return True

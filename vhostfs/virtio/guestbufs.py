@@ -24,7 +24,7 @@ import os
 import struct
 from collections.abc import Iterator, Sequence
 from functools import lru_cache
-from typing import Final, overload
+from typing import Final, final, overload
 
 # Linux's UIO_MAXIOV: the most iovecs one preadv takes.
 IOV_MAX: Final = 1024
@@ -41,8 +41,13 @@ def _iovec_struct(count: int) -> struct.Struct:
     return struct.Struct("@" + "PN" * count)
 
 
+@final
 class GuestBuffers(Sequence[memoryview]):
-    """Buffers inside one mapped region of guest memory, in chain order (see module doc)."""
+    """Buffers inside one mapped region of guest memory, in chain order (see module doc).
+
+    Final, so that per-request code tests `type(x) is GuestBuffers`: an isinstance check goes
+    through Sequence's ABCMeta and cost ~0.3 us, four times per READ.
+    """
 
     __slots__ = ("_base", "_host", "_iovecs", "_iovecs_at", "_region", "_tails", "gpas", "lens")
 
@@ -164,7 +169,7 @@ class GuestBuffers(Sequence[memoryview]):
 
 def preadv_into(fd: int, bufs: Sequence[memoryview], offset: int) -> int:
     """Fill `bufs` in order from `fd` at `offset`; the count is short only at end of file."""
-    if isinstance(bufs, GuestBuffers):
+    if type(bufs) is GuestBuffers:
         return bufs.preadv(fd, offset)
     wanted = sum(map(len, bufs))
     done = 0
