@@ -37,7 +37,7 @@ import select
 import threading
 import time
 from collections.abc import Callable, Coroutine, Sequence
-from typing import Any
+from typing import Any, Final
 
 import trio
 
@@ -55,11 +55,11 @@ log = logging.getLogger(__name__)
 # Submission slots of a queue thread's io_uring: more reads in flight than requests the
 # driver keeps queued buys nothing (the guest's queue is 1024 deep, a Linux guest keeps a
 # few dozen requests in flight).
-KERNEL_READS_IN_FLIGHT = 64
+KERNEL_READS_IN_FLIGHT: Final = 64
 # How long the thread polls for kernel reads to finish before it sleeps. A 128 KiB read
 # takes ~20 us in a kernel worker, and being woken from poll(2) by its completion cost more
 # than that here (socket READ 128 KiB at 16 in flight: 29k/s sleeping, 37k/s polling).
-READ_SPIN_NS = 50_000
+READ_SPIN_NS: Final = 50_000
 
 
 class QueueThread(RingService):

@@ -9,7 +9,7 @@ interrupt decision once per small batch (virtiofs.py's module docstring).
 from __future__ import annotations
 
 import logging
-from typing import Protocol
+from typing import Final, Protocol
 
 from vhostfs.errors import ChainError
 from vhostfs.fdio import signal_eventfd
@@ -19,7 +19,7 @@ from vhostfs.virtio.chain import Chain
 log = logging.getLogger(__name__)
 
 # The most completions one interrupt may wait for, however deep the driver's queue.
-NOTIFY_MAX = 32
+NOTIFY_MAX: Final = 32
 
 
 class Queue(Protocol):
