@@ -14,7 +14,7 @@ Rules (fuse.h "Version negotiation", and reference section 13.3):
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Final
 
 from vhostfs.fuse import abi
@@ -48,14 +48,14 @@ class Session:
     max_readahead: int
     max_write: int
     max_pages: int
+    # Read per request (every LOOKUP asks export_support): computed once, because a test on
+    # the IntFlag runs enum's Python-level __and__.
+    setxattr_ext: bool = field(init=False)
+    export_support: bool = field(init=False)
 
-    @property
-    def setxattr_ext(self) -> bool:
-        return bool(self.flags & F.SETXATTR_EXT)
-
-    @property
-    def export_support(self) -> bool:
-        return bool(self.flags & F.EXPORT_SUPPORT)
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "setxattr_ext", bool(self.flags & F.SETXATTR_EXT))
+        object.__setattr__(self, "export_support", bool(self.flags & F.EXPORT_SUPPORT))
 
 
 def wanted_flags(opts: FsOptions) -> abi.InitFlags:
