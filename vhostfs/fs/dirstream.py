@@ -20,12 +20,11 @@ import stat
 import sys
 from collections.abc import Iterator
 
-from vhostfs.fuse.filesystem import DirEntry
+from vhostfs.fuse.filesystem import DirEntry, from_fields
 
 DT_DIR = stat.S_IFDIR >> 12
 DT_REG = stat.S_IFREG >> 12
 DT_LNK = stat.S_IFLNK >> 12
-_new_tuple = tuple.__new__  # a NamedTuple without its keyword-handling __new__ (hot path)
 _FS_ENCODING = sys.getfilesystemencoding()
 _FS_ERRORS = sys.getfilesystemencodeerrors()
 
@@ -89,7 +88,7 @@ class DirStream:
             return None
         self._produced += 1
         name = host.name.encode(_FS_ENCODING, _FS_ERRORS)  # os.fsencode, minus its checks
-        return _new_tuple(DirEntry, (host.inode(), name, dirent_type(host), pos + 1))
+        return from_fields(DirEntry, (host.inode(), name, dirent_type(host), pos + 1))
 
     def _skip_to(self, offset: int) -> None:
         while self._produced < offset and self._next() is not None:

@@ -51,6 +51,7 @@ from vhostfs.fuse.filesystem import (
     Ino,
     Opened,
     StatFs,
+    from_fields,
 )
 from vhostfs.offload import read_into
 
@@ -244,7 +245,7 @@ class PassthroughFilesystem(Filesystem):
         ino = self.nodes.find(key)
         if ino is not None:
             self.nodes.ref(key, _unreachable)
-            return _new_tuple(Entry, (ino, attr_of(st), self.timeout, self.timeout, 0))
+            return from_fields(Entry, (ino, attr_of(st), self.timeout, self.timeout, 0))
         fd = hostfd.open_beneath(pfd, name, os.O_PATH)
         try:
             st = os.fstat(fd)
@@ -427,7 +428,6 @@ class PassthroughFilesystem(Filesystem):
 
 
 _DOTS = (b".", b"..")
-_new_tuple = tuple.__new__  # a NamedTuple without its keyword-handling __new__ (hot path)
 
 
 def _unreachable() -> HostInode:

@@ -41,7 +41,10 @@ FileHandle = NewType("FileHandle", int)
 
 ROOT_INO = Ino(1)
 
-_new_tuple = tuple.__new__
+# Builds a record from its fields in order, skipping the keyword handling of a NamedTuple's
+# generated __new__ (about 1 us of a record's cost): for the per-request hot paths, e.g.
+# `from_fields(Entry, (ino, attr, timeout, timeout, 0))`. Every field must be given.
+from_fields = tuple.__new__
 
 
 @dataclass(frozen=True, slots=True)
@@ -75,12 +78,12 @@ class Attr(NamedTuple):
 
     @classmethod
     def from_stat(cls, st: os.stat_result, ino: int | None = None) -> Attr:
-        # Positional and through tuple.__new__: 0.5 us instead of 1.5 us with keywords,
+        # Positional and through from_fields: 0.5 us instead of 1.5 us with keywords,
         # and this runs for every LOOKUP, GETATTR and READDIRPLUS entry.
         atime, atime_ns = divmod(st.st_atime_ns, 1_000_000_000)
         mtime, mtime_ns = divmod(st.st_mtime_ns, 1_000_000_000)
         ctime, ctime_ns = divmod(st.st_ctime_ns, 1_000_000_000)
-        return _new_tuple(cls, (
+        return from_fields(cls, (
             st.st_ino if ino is None else ino, st.st_size, st.st_blocks,
             atime, mtime, ctime, atime_ns, mtime_ns, ctime_ns,
             st.st_mode, st.st_nlink, st.st_uid, st.st_gid, st.st_rdev, st.st_blksize, 0,
