@@ -114,6 +114,28 @@ async def test_filesystem_at_root_keeps_its_node_ids() -> None:
     assert await read(root, entry.ino) == b"at root"
 
 
+async def test_a_filesystem_alone_at_root_is_served_directly_until_detached() -> None:
+    root = PseudoFilesystem()
+    inner = memfs(b"at root")
+    await root.attach("/", inner, "Rafs")
+    # No routing frame: the operations are the inner filesystem's own.
+    assert root.lookup == inner.lookup and root.getattr == inner.getattr
+    assert root.read == inner.read and root.may_suspend(ROOT_INO) == inner.may_suspend(ROOT_INO)
+    entry = await root.lookup(CTX, ROOT_INO, b"file")
+    assert await read(root, entry.ino) == b"at root"
+    root.forget(entry.ino, 1)
+    assert inner.lookups == {}
+
+    await root.detach("/")
+    # Routing again: the pseudo tree is empty, the old node is gone.
+    assert root.lookup != inner.lookup
+    with pytest.raises(FsError) as gone:
+        await root.lookup(CTX, ROOT_INO, b"file")
+    assert gone.value.errno == errno.ENOENT
+    await root.attach("/elsewhere", memfs(b"mounted"), "Rafs")
+    assert await read(root, await walk(root, "/elsewhere/file")) == b"mounted"
+
+
 async def test_pseudo_tree_refuses_writes() -> None:
     root = PseudoFilesystem()
     with pytest.raises(FsError) as refused:
