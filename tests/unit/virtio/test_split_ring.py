@@ -26,6 +26,13 @@ def put_desc(
     DESCRIPTOR.pack_into(memory.view(table + 16 * i, 16), 0, addr, length, flags, nxt)
 
 
+def write_table(memory: GuestMemory, entries: list[tuple[int, int, int]]) -> None:
+    """An indirect table at 0x4000 in Linux's layout: entry i links to i + 1."""
+    for i, (addr, length, flags) in enumerate(entries):
+        more = F_NEXT if i < len(entries) - 1 else 0
+        put_desc(memory, 0x4000, i, addr, length, flags | more, i + 1)
+
+
 def publish(memory: GuestMemory, heads: list[int], start: int = 0) -> None:
     avail = memory.view(AVAIL, 6 + 2 * NUM)
     for k, head in enumerate(heads):
@@ -200,12 +207,7 @@ def test_a_table_sent_again_is_not_decoded_again_until_the_memory_table_changes(
     pages = [(DATA + 0x2000 * i, 4096) for i in range(40)]
     entries = [(DATA - 0x1000, 40, 0)] + [(a, n, F_WRITE) for a, n in pages]
 
-    def write_table(entries: list[tuple[int, int, int]]) -> None:
-        for i, (addr, length, flags) in enumerate(entries):
-            more = F_NEXT if i < len(entries) - 1 else 0
-            put_desc(memory, 0x4000, i, addr, length, flags | more, i + 1)
-
-    write_table(entries)
+    write_table(memory, entries)
     for slot in range(3):
         put_desc(memory, DESC, slot, 0x4000, 16 * len(entries), F_INDIRECT, 0)
     publish(memory, [0, 1])
@@ -216,7 +218,7 @@ def test_a_table_sent_again_is_not_decoded_again_until_the_memory_table_changes(
     assert len(memory.translations) == 1
 
     moved = [(a + 0x100, n, f) for a, n, f in entries]  # same table address, new buffers
-    write_table(moved)
+    write_table(memory, moved)
     publish(memory, [2], start=2)
     third = q.pop()
     assert third is not None and isinstance(third.writable, GuestBuffers)
@@ -242,12 +244,7 @@ def test_a_short_table_sent_again_reuses_its_walk_and_never_a_stale_one(
     entries = [(DATA, 40, 0), (DATA + 40, 16, 0), (DATA + 0x1000, 16, F_WRITE),
                (DATA + 0x2000, 4096, F_WRITE)]  # fmt: skip
 
-    def write_table(entries: list[tuple[int, int, int]]) -> None:
-        for i, (addr, length, flags) in enumerate(entries):
-            more = F_NEXT if i < len(entries) - 1 else 0
-            put_desc(memory, 0x4000, i, addr, length, flags | more, i + 1)
-
-    write_table(entries)
+    write_table(memory, entries)
     for slot in range(3):
         put_desc(memory, DESC, slot, 0x4000, 16 * len(entries), F_INDIRECT, 0)
     publish(memory, [0, 1])
@@ -260,7 +257,7 @@ def test_a_short_table_sent_again_reuses_its_walk_and_never_a_stale_one(
     assert second.readable[0] is first.readable[0] and second.readable is not first.readable
     assert len(memory.translations) == 1
 
-    write_table([(DATA + 0x100, 56, 0), (DATA + 0x3000, 4096, F_WRITE)])  # in place
+    write_table(memory, [(DATA + 0x100, 56, 0), (DATA + 0x3000, 4096, F_WRITE)])  # in place
     put_desc(memory, DESC, 2, 0x4000, 32, F_INDIRECT, 0)
     publish(memory, [2], start=2)
     third = q.pop()
