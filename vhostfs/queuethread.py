@@ -254,6 +254,9 @@ class QueueThread(RingService):
                     # The coroutine's frame keeps `request` (its buffers, their iovec array
                     # and the mapping they point into) alive until we resume it.
                     self._reads[key] = (coro, chain)
+                    if key == 1:
+                        log.info("queue %d: large reads are copied by io_uring kernel workers "
+                                 "while requests wait", self.vring.index)  # fmt: skip
                     return
             try:
                 value = request.run()
