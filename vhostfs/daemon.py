@@ -33,6 +33,7 @@ import socket
 import stat
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
+from typing import Final
 
 import trio
 
@@ -209,6 +210,10 @@ async def _watch_signals(signals: AsyncIterator[int], stopping: trio.Event) -> N
             stopping.set()
 
 
+# The longest path a unix socket can be bound to (sun_path is 108 bytes with its NUL).
+_SUN_PATH_MAX: Final = 107
+
+
 async def listen_unix(path: str) -> trio.socket.SocketType:
     """Bind a listening unix socket at `path`, replacing a stale socket file.
 
@@ -225,8 +230,8 @@ async def listen_unix(path: str) -> trio.socket.SocketType:
     except FileNotFoundError:
         pass
     temporary = os.path.join(os.path.dirname(path), f".vhostfs-{os.getpid()}.sock")
-    if len(os.fsencode(temporary)) > len(os.fsencode(path)):
-        temporary = path  # keep within sun_path's 108 bytes: bind in place
+    if len(os.fsencode(temporary)) > _SUN_PATH_MAX:
+        temporary = path  # the temporary name would not fit in sun_path: bind in place
     listener = trio.socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     try:
         if temporary != path:
