@@ -79,7 +79,7 @@ class QueueThread(RingService):
         kernel_reads: bool = True,
     ) -> None:
         assert vring.kick is not None  # the session starts only rings with a kick fd
-        super().__init__(vring, queue, notify_batch)
+        super().__init__(vring, queue, notify_batch, workers)
         self._serve = serve
         self._may_suspend = may_suspend
         self._lock = lock
@@ -90,34 +90,22 @@ class QueueThread(RingService):
         self._thread = threading.Thread(
             target=self._serve_forever, name=f"vhostfs-queue-{vring.index}", daemon=True
         )
-        self._in_flight = 0  # chains handed to trio and not completed yet
         # Chains handed over and not started yet, and the trio workers that take them: a
         # worker is woken per hand-over (no task spawn per request, ~11 us each).
         self._handed: collections.deque[Chain] = collections.deque()
         self._lot = trio.lowlevel.ParkingLot()
-        self._workers = workers
         self._kernel_reads = kernel_reads
         # Reads the kernel is doing for us (offload.py): submission key -> the request's
         # coroutine and chain, resumed with the result. Only the thread touches these.
         self._ring: IoUring | None = None
         self._reads: dict[int, tuple[Coroutine[Any, Any, int], Chain]] = {}
         self._next_key = 0
-        self._scope = trio.CancelScope()
-        self._drained = trio.Event()
-        self._finished = trio.Event()
 
     # -- trio's side ------------------------------------------------------------------------
 
-    async def run(self) -> None:
-        try:
-            with self._scope:
-                async with trio.open_nursery() as nursery:
-                    for _ in range(self._workers):
-                        nursery.start_soon(self._trio_worker)
-                    if not self._stopping:
-                        self._thread.start()
-        finally:
-            self._finished.set()
+    def _started(self) -> None:
+        if not self._stopping:
+            self._thread.start()
 
     async def stop(self) -> int:
         """Stop the thread, let handed-over requests finish (bounded), return the base."""
@@ -127,14 +115,7 @@ class QueueThread(RingService):
             # While we wait, trio sleeps and so lets go of the dispatch lock: the thread
             # finishes its request, sees `_stopping` and leaves.
             await trio.to_thread.run_sync(self._thread.join)
-        if self._in_flight:
-            with trio.move_on_after(self._stop_grace):
-                await self._drained.wait()
-            if self._in_flight:
-                log.warning("queue %d: abandoning %d requests", self.vring.index, self._in_flight)
-        self._scope.cancel()
-        with trio.CancelScope(shield=True):
-            await self._finished.wait()
+        await self._wind_down(self._stop_grace)  # the chains handed over to trio workers
         os.close(self._wake)
         return self.queue.base()
 
@@ -143,7 +124,7 @@ class QueueThread(RingService):
         self._handed.append(chain)
         self._lot.unpark(count=1)  # if every worker is busy, the first one done takes it
 
-    async def _trio_worker(self) -> None:
+    async def _worker(self) -> None:
         while True:
             if not self._handed:
                 await self._lot.park()

@@ -2,14 +2,17 @@
 
 A queue is served either by trio workers (`virtiofs.QueueRunner`) or by a queue thread
 (`queuethread.QueueThread`); both pop chains the same way (a ring the driver broke stops
-the service and is reported on the error fd), complete them the same way, and take the
-interrupt decision once per small batch (virtiofs.py's module docstring).
+the service and is reported on the error fd), complete them the same way, take the
+interrupt decision once per batch (virtiofs.py's module docstring), and run a pool of trio
+workers that is wound down the same way when the queue stops.
 """
 
 from __future__ import annotations
 
 import logging
 from typing import Final, Protocol
+
+import trio
 
 from vhostfs.errors import ChainError
 from vhostfs.fdio import signal_eventfd
@@ -36,14 +39,47 @@ class Queue(Protocol):
 
 
 class RingService:
-    """Base of the queue servers: the shared pop/complete/notify steps."""
+    """Base of the queue servers: the shared pop/complete/notify steps, and the lifetime of
+    their trio workers (`_worker`, run `workers` times by `run`)."""
 
-    def __init__(self, vring: Vring, queue: Queue, notify_batch: int) -> None:
+    def __init__(self, vring: Vring, queue: Queue, notify_batch: int, workers: int) -> None:
         self.vring = vring
         self.queue = queue
         self._notify_batch = notify_batch
+        self._workers = workers
         self._stopping = False
         self._unsignalled = 0  # completions pushed since the last interrupt decision
+        self._in_flight = 0  # requests trio workers are serving (set `_drained` at zero)
+        self._scope = trio.CancelScope()
+        self._drained = trio.Event()
+        self._finished = trio.Event()
+
+    async def run(self) -> None:
+        try:
+            with self._scope:
+                async with trio.open_nursery() as nursery:
+                    for _ in range(self._workers):
+                        nursery.start_soon(self._worker)
+                    self._started()
+        finally:
+            self._finished.set()
+
+    async def _worker(self) -> None:
+        raise NotImplementedError
+
+    def _started(self) -> None:
+        """Called once the workers are started (a queue thread starts its thread here)."""
+
+    async def _wind_down(self, grace: float) -> None:
+        """Give the requests in flight `grace` seconds, then cancel the workers and wait."""
+        if self._in_flight:
+            with trio.move_on_after(grace):
+                await self._drained.wait()
+            if self._in_flight:
+                log.warning("queue %d: abandoning %d requests", self.vring.index, self._in_flight)
+        self._scope.cancel()
+        with trio.CancelScope(shield=True):
+            await self._finished.wait()
 
     def _pop(self) -> Chain | None:
         try:

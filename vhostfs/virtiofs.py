@@ -192,39 +192,18 @@ class QueueRunner(RingService):
         workers: int,
     ) -> None:
         assert vring.kick is not None  # the session starts only rings with a kick fd
-        super().__init__(vring, queue, NOTIFY_BATCH)
+        super().__init__(vring, queue, NOTIFY_BATCH, workers)
         self._serve = serve
         self._kick = vring.kick
-        self._workers = workers
-        self._scope = trio.CancelScope()
         self._lot = trio.lowlevel.ParkingLot()
         self._kick_waiter = False  # a worker is waiting on the kick fd
         self._standby = False  # a worker was unparked and has not run yet
-        self._in_flight = 0
-        self._drained = trio.Event()
-        self._finished = trio.Event()
-
-    async def run(self) -> None:
-        try:
-            with self._scope:
-                async with trio.open_nursery() as nursery:
-                    for _ in range(self._workers):
-                        nursery.start_soon(self._worker)
-        finally:
-            self._finished.set()
 
     async def stop(self) -> int:
         """Stop popping, let in-flight requests finish (bounded), and return the base."""
         self._stopping = True
         self._lot.unpark_all()
-        if self._in_flight:
-            with trio.move_on_after(STOP_GRACE):
-                await self._drained.wait()
-            if self._in_flight:
-                log.warning("queue %d: abandoning %d requests", self.vring.index, self._in_flight)
-        self._scope.cancel()
-        with trio.CancelScope(shield=True):
-            await self._finished.wait()
+        await self._wind_down(STOP_GRACE)
         return self.queue.base()
 
     async def _worker(self) -> None:

@@ -26,7 +26,7 @@ def serve(memory: GuestMemory, in_flight: int, completions: int) -> list[int]:
     for slot in range(SIZE):
         put_desc(memory, DESC, slot, DATA + 64 * slot, 64, 2, 0)  # one writable buffer each
     vring = Vring(1, call=os.eventfd(0, os.EFD_NONBLOCK))
-    service = RingService(vring, queue, notify_batch=4)
+    service = RingService(vring, queue, notify_batch=4, workers=0)
     published = 0
 
     def refill(count: int) -> None:
