@@ -50,10 +50,15 @@ async def socket_path(tmp_path: Path, nursery: trio.Nursery, request: pytest.Fix
     """A daemon over the sample tree. "inline": a queue thread serves every request itself;
     "handed-over": READs really await, so the queue thread hands them to trio workers;
     "trio-workers": every node may await, so trio workers serve the queue (no thread)."""
+    awaiting, inline_root = request.param
+    return await serve_fs(tmp_path, nursery, sample_fs(awaiting=awaiting, inline_root=inline_root))
+
+
+async def serve_fs(tmp_path: Path, nursery: trio.Nursery, fs: MemoryFilesystem) -> str:
+    """A daemon serving `fs` in this trio loop; returns its vhost-user socket path."""
     path = str(tmp_path / "vhost.sock")
     listener = await daemon.listen_unix(path)
-    awaiting, inline_root = request.param
-    server = FuseServer(sample_fs(awaiting=awaiting, inline_root=inline_root))
+    server = FuseServer(fs)
     nursery.start_soon(lambda: daemon.serve(listener, server, once=False))
     return path
 
@@ -127,10 +132,7 @@ async def test_a_request_that_awaits_in_the_queue_thread_fails_alone(
 ) -> None:
     """A filesystem that claims its READ never awaits, then awaits: that request gets an
     empty reply and an error in the log; the queue thread and the session go on."""
-    path = str(tmp_path / "vhost.sock")
-    listener = await daemon.listen_unix(path)
-    server = FuseServer(sample_fs(awaiting=True, claims_inline=True))
-    nursery.start_soon(lambda: daemon.serve(listener, server, once=False))
+    path = await serve_fs(tmp_path, nursery, sample_fs(awaiting=True, claims_inline=True))
 
     def run() -> tuple[int, bytes]:
         with Frontend.connect(path, FrontendOptions()) as frontend:
@@ -158,10 +160,7 @@ async def test_a_queue_thread_serves_exports_whose_requests_run_inline(
 ) -> None:
     """A queue thread for a passthrough-like export; trio workers for one whose every request
     may await (a RAFS image), where a thread would only add a second wake-up."""
-    path = str(tmp_path / "vhost.sock")
-    listener = await daemon.listen_unix(path)
-    server = FuseServer(sample_fs(awaiting=True, inline_root=inline_root))
-    nursery.start_soon(lambda: daemon.serve(listener, server, once=False))
+    path = await serve_fs(tmp_path, nursery, sample_fs(awaiting=True, inline_root=inline_root))
 
     def run() -> tuple[bytes, bool]:
         with Frontend.connect(path, FrontendOptions()) as frontend:
