@@ -348,7 +348,7 @@ class Operations:
         try:
             for d, new in listing:
                 name = d.name
-                if not name or b"/" in name or b"\0" in name:  # never shown to a guest
+                if not name or b"/" in name or b"\0" in name:  # `_valid`'s test, inline
                     if new is not None:
                         forget(new.ino, 1)
                     continue
