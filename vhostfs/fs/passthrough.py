@@ -50,6 +50,7 @@ from vhostfs.fuse.filesystem import (
     FsOptions,
     Ino,
     Opened,
+    PlusListing,
     StatFs,
     from_fields,
 )
@@ -95,19 +96,6 @@ class OpenFile:
     def __init__(self, fd: int, node: HostInode) -> None:
         self.fd = fd
         self.node = node
-
-
-def encode_rdev(rdev: int) -> int:
-    """A host dev_t as the 32-bit new_encode_dev() value fuse_attr.rdev carries."""
-    major, minor = os.major(rdev), os.minor(rdev)
-    return ((minor & 0xFF) | (major << 8) | ((minor & ~0xFF) << 12)) & 0xFFFF_FFFF
-
-
-def attr_of(st: os.stat_result) -> Attr:
-    attr = Attr.from_stat(st)
-    if st.st_rdev:
-        attr = attr._replace(rdev=encode_rdev(st.st_rdev))
-    return attr
 
 
 class PassthroughFilesystem(Filesystem):
@@ -241,11 +229,13 @@ class PassthroughFilesystem(Filesystem):
         parent, no symlinks) to get a file handle and an fd for the LRU.
         """
         st = os.stat(name, dir_fd=pfd, follow_symlinks=False)
-        key = (st.st_dev, st.st_ino)
-        ino = self.nodes.find(key)
+        ino = self.nodes.ref_known((st.st_dev, st.st_ino))
         if ino is not None:
-            self.nodes.ref(key, _unreachable)
-            return from_fields(Entry, (ino, attr_of(st), self.timeout, self.timeout, 0))
+            return from_fields(Entry, (ino, Attr.from_stat(st), self.timeout, self.timeout, 0))
+        return self._new_node_entry(pfd, parent, name)
+
+    def _new_node_entry(self, pfd: int, parent: HostInode, name: bytes) -> Entry:
+        """`_entry_at` for a name whose inode the guest does not know (yet)."""
         fd = hostfd.open_beneath(pfd, name, os.O_PATH)
         try:
             st = os.fstat(fd)
@@ -259,7 +249,7 @@ class PassthroughFilesystem(Filesystem):
             os.close(fd)
         else:
             self._cache_fd(ino, fd)
-        return Entry(ino, attr_of(st), self.timeout, self.timeout)
+        return Entry(ino, Attr.from_stat(st), self.timeout, self.timeout)
 
     # --- session --------------------------------------------------------------------------
 
@@ -295,7 +285,7 @@ class PassthroughFilesystem(Filesystem):
     async def getattr(self, ctx: Context, ino: Ino, fh: FileHandle | None) -> tuple[Attr, float]:
         item = self.handles.get(fh) if fh is not None else None
         fd = item.fd if item is not None else self._fd(self._node(ino))
-        return attr_of(os.fstat(fd)), self.timeout
+        return Attr.from_stat(os.fstat(fd)), self.timeout
 
     async def readlink(self, ctx: Context, ino: Ino) -> bytes:
         node = self._node(ino)
@@ -378,30 +368,35 @@ class PassthroughFilesystem(Filesystem):
                       offset: int) -> Iterator[DirEntry]:  # fmt: skip
         return self._dir(fh).entries(offset)
 
-    async def readdirplus(self, ctx: Context, ino: Ino, fh: FileHandle,
-                          offset: int) -> Iterator[tuple[DirEntry, Entry | None]]:  # fmt: skip
+    async def readdirplus(self, ctx: Context, ino: Ino, fh: FileHandle, offset: int,
+                          out: PlusListing) -> bool:  # fmt: skip
+        """Each listed name looked up as `lookup` does, minus the name checks a name fresh
+        from the host directory does not need; a known inode costs one fstatat."""
         parent = self._node(ino)
-        return self._looked_up(self._fd(parent), parent, self._dir(fh).entries(offset))
-
-    def _looked_up(
-        self, pfd: int, parent: HostInode, entries: Iterator[DirEntry]
-    ) -> Iterator[tuple[DirEntry, Entry | None]]:
-        """Each listed entry with its lookup: what `lookup` does, minus the name checks
-        a name fresh from the host directory does not need."""
-        try:
-            for d in entries:
-                if d.name in _DOTS:
-                    yield d, None
-                    continue
-                try:
-                    entry = self._entry_at(pfd, parent, d.name)
-                except FileNotFoundError:
-                    continue  # removed on the host since it was listed
-                yield d, entry
-        finally:
-            close = getattr(entries, "close", None)
-            if close is not None:
-                close()  # the stream's generator (not the stream: the handle stays open)
+        pfd = self._fd(parent)
+        nodes, timeout, add_stat = self.nodes, self.timeout, out.add_stat
+        # Entries that do not fit stay in the stream for the guest's next request.
+        for d in out.fitting(self._dir(fh).take(offset, out.most())):
+            name = d.name
+            if name in _DOTS:
+                if not out.add(d, None):
+                    break
+                continue
+            try:
+                st = os.stat(name, dir_fd=pfd, follow_symlinks=False)
+            except FileNotFoundError:
+                continue  # removed on the host since it was listed
+            node = nodes.ref_known((st.st_dev, st.st_ino))
+            if node is not None:
+                if not add_stat(d, node, st, timeout):
+                    self.forget(node, 1)
+                    break
+            else:
+                entry = self._new_node_entry(pfd, parent, name)
+                if not out.add(d, entry):
+                    self.forget(entry.ino, 1)
+                    break
+        return True
 
     async def releasedir(self, ctx: Context, ino: Ino, fh: FileHandle) -> None:
         _close(self.handles.pop(fh))
@@ -428,10 +423,6 @@ class PassthroughFilesystem(Filesystem):
 
 
 _DOTS = (b".", b"..")
-
-
-def _unreachable() -> HostInode:
-    raise AssertionError("node exists")
 
 
 def _close(item: OpenFile | DirStream) -> None:

@@ -68,7 +68,6 @@ from vhostfs.fs.passthrough import (
     HostInode,
     OpenFile,
     PassthroughFilesystem,
-    attr_of,
 )
 from vhostfs.fuse.abi import WRITE_KILL_SUIDGID  # the writer lacks CAP_FSETID
 from vhostfs.fuse.filesystem import (
@@ -80,6 +79,7 @@ from vhostfs.fuse.filesystem import (
     Ino,
     Opened,
     SetAttr,
+    decode_dev,
 )
 from vhostfs.virtio.guestbufs import IOV_MAX, split_views
 
@@ -231,7 +231,7 @@ class WritablePassthroughFilesystem(PassthroughFilesystem):
         node.node_id = ino
         self._anchors[ino] = anchor
         fh = self.handles.add(OpenFile(fd, node))
-        return Entry(ino, attr_of(st), self.timeout, self.timeout), self._opened(fh)
+        return Entry(ino, Attr.from_stat(st), self.timeout, self.timeout), self._opened(fh)
 
     async def mknod(self, ctx: Context, parent: Ino, name: bytes, mode: int, rdev: int,
                     umask: int) -> Entry:  # fmt: skip
@@ -242,7 +242,7 @@ class WritablePassthroughFilesystem(PassthroughFilesystem):
             raise FsError(errno.EINVAL, f"mknod of file type {kind:#o}")
         pfd = self._fd(pnode)
         with caller(ctx.uid, ctx.gid, umask):
-            os.mknod(name, kind | (mode & _PERMS), decode_rdev(rdev), dir_fd=pfd)
+            os.mknod(name, kind | (mode & _PERMS), decode_dev(rdev), dir_fd=pfd)
         return self._new_entry(pnode, name)
 
     async def mkdir(self, ctx: Context, parent: Ino, name: bytes, mode: int,
@@ -334,7 +334,7 @@ class WritablePassthroughFilesystem(PassthroughFilesystem):
             hostfd.utimensat(os.fsencode(path), changes.atime_ns, changes.mtime_ns,
                              changes.atime_now, changes.mtime_now)  # fmt: skip
         # ctime cannot be set on Linux; the host moves it to now with any change above.
-        return attr_of(os.stat(path)), self.timeout
+        return Attr.from_stat(os.stat(path)), self.timeout
 
     def _truncate(self, node: HostInode, item: object, size: int, kill: bool) -> None:
         """ftruncate through a real open: never a path walk, never anything but a file."""
@@ -396,13 +396,6 @@ class WritablePassthroughFilesystem(PassthroughFilesystem):
 
     async def removexattr(self, ctx: Context, ino: Ino, name: bytes) -> None:
         os.removexattr(self._proc_path(self._node(ino)), name)
-
-
-def decode_rdev(rdev: int) -> int:
-    """The host dev_t of a FUSE rdev (the 32-bit new_encode_dev() value)."""
-    major = (rdev & 0xFFF00) >> 8
-    minor = (rdev & 0xFF) | ((rdev >> 12) & 0xFFF00)
-    return os.makedev(major, minor)
 
 
 def _check_name(name: bytes) -> bytes:

@@ -19,6 +19,7 @@ The pseudo tree itself changes at runtime, so the guest may not cache its entrie
 from __future__ import annotations
 
 import errno
+import os
 import stat
 import time
 from collections import deque
@@ -38,6 +39,7 @@ from vhostfs.fuse.filesystem import (
     FsOptions,
     Ino,
     Opened,
+    PlusListing,
     SetAttr,
     StatFs,
 )
@@ -388,20 +390,15 @@ class PseudoFilesystem(Filesystem):
         return await fs.opendir(ctx, inner, flags)
 
     async def readdirplus(
-        self, ctx: Context, ino: Ino, fh: FileHandle, offset: int
-    ) -> Iterator[tuple[DirEntry, Entry | None]] | None:
+        self, ctx: Context, ino: Ino, fh: FileHandle, offset: int, out: PlusListing
+    ) -> bool:
         route = self._route(ino)
         if route is None:
-            return None  # a pseudo directory: the server looks its few entries up
+            return False  # a pseudo directory: the server looks its few entries up
         fs, index, inner = route
-        listing = await fs.readdirplus(ctx, inner, fh, offset)
-        if listing is None or self._keeps_numbers(index):
-            return listing
-        return (
-            (DirEntry(self._outer(index, d.ino), d.name, d.type, d.offset),
-             None if e is None else self._entry(index, e))
-            for d, e in listing
-        )  # fmt: skip
+        if not self._keeps_numbers(index):
+            out = _OuterListing(self, index, out)
+        return await fs.readdirplus(ctx, inner, fh, offset, out)
 
     async def readdir(
         self, ctx: Context, ino: Ino, fh: FileHandle, offset: int
@@ -501,3 +498,26 @@ def _parts(path: str) -> list[bytes]:
     if any(p in (".", "..") for p in parts):
         raise FsError(errno.EINVAL, f"mountpoint {path!r} contains . or ..")
     return [p.encode() for p in parts]
+
+
+class _OuterListing:
+    """A mount's READDIRPLUS listing passed on with the mount's node numbers made ours."""
+
+    __slots__ = ("_index", "_out", "_root")
+
+    def __init__(self, root: PseudoFilesystem, index: int, out: PlusListing) -> None:
+        self._root, self._index, self._out = root, index, out
+
+    def most(self) -> int:
+        return self._out.most()
+
+    def fitting(self, entries: list[DirEntry]) -> list[DirEntry]:
+        return self._out.fitting(entries)  # the names, and so the sizes, stay the same
+
+    def add(self, entry: DirEntry, looked_up: Entry | None) -> bool:
+        root, index = self._root, self._index
+        outer = DirEntry(root._outer(index, entry.ino), entry.name, entry.type, entry.offset)
+        return self._out.add(outer, None if looked_up is None else root._entry(index, looked_up))
+
+    def add_stat(self, entry: DirEntry, node: Ino, st: os.stat_result, timeout: float) -> bool:
+        return self.add(entry, Entry(node, Attr.from_stat(st), timeout, timeout))

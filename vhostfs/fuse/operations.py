@@ -313,9 +313,16 @@ class Operations:
                           reader: ChainReader, writer: ChainWriter) -> int:  # fmt: skip
         fh, offset, size, _, _, _, _ = reader.unpack(_READ_IN)
         limit = min(size, writer.capacity - HDR)
-        listing = await self.fs.readdirplus(ctx, _ino(nodeid), _fh(fh), offset)
-        if listing is not None:
-            return replies.payload(writer, unique, self._pack_listed(listing, limit))
+        listed = replies.PlusReply(limit, self.fs.forget)
+        try:
+            if await self.fs.readdirplus(ctx, _ino(nodeid), _fh(fh), offset, listed):
+                return replies.payload(writer, unique, listed.payload)
+        except Exception:
+            # Its entries' lookups are counted: send them; the guest asks again from the
+            # last one and gets the error then, with nothing counted.
+            if not listed.payload:
+                raise
+            return replies.payload(writer, unique, listed.payload)
         buf = bytearray()
         entries = await self.fs.readdir(ctx, _ino(nodeid), _fh(fh), offset)
         try:
@@ -332,37 +339,6 @@ class Operations:
         finally:
             _close(entries)
         return replies.payload(writer, unique, buf)
-
-    def _pack_listed(self, listing: Iterator[tuple[DirEntry, Entry | None]],
-                     limit: int) -> bytearray:  # fmt: skip
-        """Pack entries the filesystem looked up itself, up to `limit` bytes.
-
-        The one pulled that does not fit has been counted as a lookup: forget it. Once
-        entries were packed an error ends the listing there (the guest asks again from the
-        last one) instead of failing a reply whose lookups already counted.
-        """
-        buf = bytearray()
-        pack = replies.direntplus
-        fixed = replies.DIRENTPLUS_SIZE + 7  # a record is this plus the name, 8-aligned
-        forget = self.fs.forget
-        try:
-            for d, new in listing:
-                name = d.name
-                if not name or b"/" in name or b"\0" in name:  # `_valid`'s test, inline
-                    if new is not None:
-                        forget(new.ino, 1)
-                    continue
-                if len(buf) + ((fixed + len(name)) & ~7) > limit:
-                    if new is not None:
-                        forget(new.ino, 1)
-                    break
-                pack(buf, d.ino, d.offset, d.type, name, new)
-        except Exception:
-            if not buf:
-                raise
-        finally:
-            _close(listing)
-        return buf
 
     async def _plus_entry(
         self, ctx: Context, parent: int, d: DirEntry, sent_any: bool

@@ -11,12 +11,14 @@ Raises ChainError (from the writer) when the guest's writable buffer is too smal
 
 from __future__ import annotations
 
+import os
 import struct
+from collections.abc import Callable
 from typing import Final
 
 from rafs.records import Composite, Record
 from vhostfs.fuse import abi
-from vhostfs.fuse.filesystem import Attr, Entry, Opened, StatFs
+from vhostfs.fuse.filesystem import Attr, DirEntry, Entry, Ino, Opened, StatFs, stat_fields
 from vhostfs.virtio.buffers import ChainWriter
 
 
@@ -75,7 +77,7 @@ def empty(writer: ChainWriter, unique: int) -> int:
     return OUT_HEADER_SIZE
 
 
-def payload(writer: ChainWriter, unique: int, data: bytes | bytearray) -> int:
+def payload(writer: ChainWriter, unique: int, data: bytes | bytearray | memoryview) -> int:
     """A reply of arbitrary bytes after the header (READLINK, xattr values, dirents)."""
     total = OUT_HEADER_SIZE + len(data)
     if data:
@@ -163,3 +165,60 @@ def direntplus(
     pad = -len(buf) & 7
     if pad:
         buf += bytes(pad)
+
+
+_PLUS_RECORD: Final = DIRENTPLUS_SIZE + 7  # a record is this plus its name, 8-aligned
+_PADDING: Final = tuple(bytes(n) for n in range(8))
+
+
+class PlusReply:
+    """The payload of a READDIRPLUS reply that a filesystem fills (filesystem.PlusListing).
+
+    `forget` takes back the lookup of an entry dropped for its name: a filesystem's
+    listing is not trusted to hand only names the guest may see.
+    """
+
+    __slots__ = ("_forget", "_limit", "payload")
+
+    def __init__(self, limit: int, forget: Callable[[Ino, int], object]) -> None:
+        self.payload = bytearray()
+        self._limit = limit
+        self._forget = forget
+
+    def most(self) -> int:
+        return max(0, self._limit - len(self.payload)) // ((_PLUS_RECORD + 1) & ~7)
+
+    def fitting(self, entries: list[DirEntry]) -> list[DirEntry]:
+        end, room = len(self.payload), self._limit
+        for count, entry in enumerate(entries):
+            end += (_PLUS_RECORD + len(entry.name)) & ~7
+            if end > room:
+                return entries[:count]
+        return entries
+
+    def add(self, entry: DirEntry, looked_up: Entry | None) -> bool:
+        name = entry.name
+        buf = self.payload
+        if len(buf) + ((_PLUS_RECORD + len(name)) & ~7) > self._limit:
+            return False
+        if not name or b"/" in name or b"\0" in name:
+            if looked_up is not None:
+                self._forget(looked_up.ino, 1)
+            return True
+        direntplus(buf, entry.ino, entry.offset, entry.type, name, looked_up)
+        return True
+
+    def add_stat(self, entry: DirEntry, node: Ino, st: os.stat_result, timeout: float) -> bool:
+        name = entry.name
+        buf = self.payload
+        if len(buf) + ((_PLUS_RECORD + len(name)) & ~7) > self._limit:
+            return False
+        if not name or b"/" in name or b"\0" in name:
+            self._forget(node, 1)
+            return True
+        secs, nsecs = split_timeout(timeout)
+        buf += DIRENTPLUS.pack(node, 0, secs, secs, nsecs, nsecs, *stat_fields(st),
+                               entry.ino, entry.offset, len(name), entry.type)  # fmt: skip
+        buf += name
+        buf += _PADDING[-len(buf) & 7]
+        return True

@@ -16,9 +16,9 @@ import pytest
 from tests.unit.fs.writable import FAILED, ROOT, USER, WHITEOUT, create, lookup, make_tree
 from vhostfs.errors import FsError
 from vhostfs.fs import credentials, hostfd
-from vhostfs.fs.passthrough import PassthroughFilesystem, encode_rdev
-from vhostfs.fs.passthrough_write import WritablePassthroughFilesystem, decode_rdev
-from vhostfs.fuse.filesystem import ROOT_INO, ReadOnlyFilesystem
+from vhostfs.fs.passthrough import PassthroughFilesystem
+from vhostfs.fs.passthrough_write import WritablePassthroughFilesystem
+from vhostfs.fuse.filesystem import ROOT_INO, ReadOnlyFilesystem, decode_dev, encode_dev
 
 
 @pytest.fixture
@@ -163,8 +163,8 @@ async def test_mknod_kinds(fs: WritablePassthroughFilesystem, tree: Path) -> Non
     st = os.lstat(tree / "wh")
     assert stat.S_ISCHR(st.st_mode) and st.st_rdev == 0  # what overlayfs calls a whiteout
     dev = os.makedev(8, 300)
-    blk = await fs.mknod(ROOT, ROOT_INO, b"blk", stat.S_IFBLK | 0o600, encode_rdev(dev), 0)
-    assert os.lstat(tree / "blk").st_rdev == dev and blk.attr.rdev == encode_rdev(dev)
+    blk = await fs.mknod(ROOT, ROOT_INO, b"blk", stat.S_IFBLK | 0o600, encode_dev(dev), 0)
+    assert os.lstat(tree / "blk").st_rdev == dev and blk.attr.rdev == encode_dev(dev)
     sock = await fs.mknod(ROOT, ROOT_INO, b"sock", stat.S_IFSOCK | 0o755, 0, 0)
     assert stat.S_ISSOCK(sock.attr.mode) and stat.S_ISSOCK(os.lstat(tree / "sock").st_mode)
     fifo = await fs.mknod(ROOT, ROOT_INO, b"fifo", stat.S_IFIFO | 0o640, 0, 0)
@@ -176,7 +176,7 @@ async def test_mknod_kinds(fs: WritablePassthroughFilesystem, tree: Path) -> Non
     assert info.value.errno == errno.EINVAL
     parent = await lookup(fs, "open")
     with pytest.raises(FAILED) as denied:  # CAP_MKNOD is gone with fsuid != 0...
-        await fs.mknod(USER, parent, b"null", stat.S_IFCHR | 0o666, encode_rdev(0x103), 0)
+        await fs.mknod(USER, parent, b"null", stat.S_IFCHR | 0o666, encode_dev(0x103), 0)
     assert denied.value.errno == errno.EPERM
     await fs.mknod(USER, parent, b"wh", WHITEOUT, 0, 0)  # ...but whiteouts need none (5.8+)
     assert os.lstat(tree / "open" / "wh").st_uid == 1000
@@ -185,7 +185,7 @@ async def test_mknod_kinds(fs: WritablePassthroughFilesystem, tree: Path) -> Non
 def test_rdev_round_trip() -> None:
     for major, minor in ((0, 0), (8, 1), (259, 70000), (4095, 0xFFFFF)):
         dev = os.makedev(major, minor)
-        assert decode_rdev(encode_rdev(dev)) == dev
+        assert decode_dev(encode_dev(dev)) == dev
 
 
 async def test_symlink_target_is_stored_not_followed(

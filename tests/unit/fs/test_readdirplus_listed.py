@@ -1,8 +1,9 @@
 """READDIRPLUS from a filesystem that looks entries up while listing (Filesystem.readdirplus).
 
-The passthrough does; the server packs what it yields, forgets the one entry it pulled but
-could not send, and keeps what it packed when the listing fails half way. A pseudo root
-passes a mount's listing on with the mount's node numbers made its own.
+The passthrough does, into the reply the server hands it: only entries that fit are looked
+up, a listing that fails half way keeps what it packed, and an entry with a name the guest
+must not see is dropped with its lookup taken back. A pseudo root passes a mount's listing
+on with the mount's node numbers made its own.
 """
 
 from __future__ import annotations
@@ -22,8 +23,9 @@ from vhostfs.fuse import abi
 from vhostfs.fuse.filesystem import (
     Context,
     DirEntry,
-    Entry,
+    FileHandle,
     Ino,
+    PlusListing,
     ReadOnlyFilesystem,
 )
 from vhostfs.fuse.server import FuseServer
@@ -88,26 +90,62 @@ async def test_a_listing_that_fails_keeps_what_was_packed(
     server = FuseServer(ReadOnlyFilesystem(fs))
     await fuseclient.init(server)
     nodeid, fh = await open_d(server)
-    real = PassthroughFilesystem._looked_up
+    real_stat = os.stat
 
     def failing_after(limit: int) -> object:
-        def looked_up(
-            self: PassthroughFilesystem, pfd: int, parent: object, entries: Iterator[DirEntry]
-        ) -> Iterator[tuple[DirEntry, Entry | None]]:
-            for count, pair in enumerate(real(self, pfd, parent, entries)):  # type: ignore[arg-type]
-                if count == limit:
-                    raise OSError(errno.EIO, "disk on fire")
-                yield pair
+        calls = 0
 
-        return looked_up
+        def stat(*args: object, **kwargs: object) -> os.stat_result:
+            nonlocal calls
+            calls += 1
+            if calls > limit:
+                raise OSError(errno.EIO, "disk on fire")
+            return real_stat(*args, **kwargs)  # type: ignore[arg-type]
 
-    monkeypatch.setattr(PassthroughFilesystem, "_looked_up", failing_after(4))
+        return stat
+
+    # ".", ".." and two files are packed, then the third file's lookup fails.
+    monkeypatch.setattr("vhostfs.fs.passthrough.os.stat", failing_after(2))
     reply = await readdirplus(server, nodeid, fh, 4096)
     assert reply.error == 0
     assert [d.name for d in parse_dirents(reply.payload, plus=True)][:2] == [b".", b".."]
     assert len(parse_dirents(reply.payload, plus=True)) == 4
-    monkeypatch.setattr(PassthroughFilesystem, "_looked_up", failing_after(0))
-    assert (await readdirplus(server, nodeid, fh, 4096)).error == -errno.EIO
+    # Nothing packed before the failure: the error is the reply. The listing resumes after
+    # "." and "..", which are not looked up.
+    monkeypatch.setattr("vhostfs.fs.passthrough.os.stat", failing_after(0))
+    args = abi.ReadIn(fh, 2, 4096, 0, 0, 0, 0).pack()
+    assert (await fuseclient.call(server, Op.READDIRPLUS, nodeid, args)).error == -errno.EIO
+
+
+class _Hostile(PassthroughFilesystem):
+    """A passthrough whose listing hands over one name no guest may see."""
+
+    def __init__(self, share: Path) -> None:
+        super().__init__(share, cache="auto")
+        self.share = share
+
+    async def readdirplus(self, ctx: Context, ino: Ino, fh: FileHandle, offset: int,
+                          out: PlusListing) -> bool:  # fmt: skip
+        listed = await super().readdirplus(ctx, ino, fh, offset, out)
+        node = self.nodes.ref_known(_dev_ino(self.share / "d" / "f0"))
+        assert node is not None
+        st = os.lstat(self.share / "d" / "f0")
+        out.add_stat(DirEntry(st.st_ino, b"a/b", 8, 99), node, st, 1.0)
+        return listed
+
+
+async def test_a_name_the_guest_must_not_see_is_dropped_with_its_lookup(share: Path) -> None:
+    fs = _Hostile(share)
+    server = FuseServer(ReadOnlyFilesystem(fs))
+    await fuseclient.init(server)
+    nodeid, fh = await open_d(server)
+    reply = await readdirplus(server, nodeid, fh, 4096)
+    listed = parse_dirents(reply.payload, plus=True)
+    assert {d.name for d in listed} == {b".", b"..", *NAMES}
+    # One reference per file sent: the dropped record's extra lookup was taken back.
+    f0 = next(d for d in listed if d.name == b"f0")
+    assert fs.nodes.lookups(Ino(f0.entry.nodeid)) == 1
+    fs.close()
 
 
 async def test_a_pseudo_mount_lists_with_its_outer_node_numbers(share: Path) -> None:
