@@ -118,24 +118,27 @@ class ChainWriter:
         end = offset + size
         if offset < 0 or end > self.capacity:
             raise ChainError(f"reply of {end} bytes exceeds the {self.capacity} writable")
-        index, local = self._locate(offset)
+        index, local = self._locate(offset) if offset else (0, 0)
         buf = self._bufs[index]
-        if local + size <= len(buf):
+        room = len(buf) - local
+        if size <= room:
             # The common case: the out header, or a reply body in its own descriptor.
             buf[local : local + size] = data
         else:
-            # Header and body written at once over the guest's two descriptors.
-            src = memoryview(data).cast("B")
+            # Header and body written at once over the guest's two descriptors (every
+            # LOOKUP or GETATTR reply of a Linux guest): piece by piece, ending at `size`.
+            if type(data) is memoryview and data.format != "B":
+                data = data.cast("B")
             bufs = self._bufs
             pos = 0
-            while pos < size:
-                n = min(len(buf) - local, size - pos)
-                buf[local : local + n] = src[pos : pos + n]
-                pos += n
+            while size - pos > room:
+                buf[local:] = data[pos : pos + room]
+                pos += room
                 index += 1
                 local = 0
-                if pos < size:
-                    buf = bufs[index]
+                buf = bufs[index]
+                room = len(buf)
+            buf[local : local + size - pos] = data[pos:]
         if end > self.written:
             self.written = end
 
