@@ -106,7 +106,12 @@ def entry_values(entry: Entry) -> tuple[int, ...]:
 
 
 def entry(writer: ChainWriter, unique: int, value: Entry) -> int:
-    writer.write_at(0, ENTRY_REPLY.pack(ENTRY_REPLY.size, 0, unique, *entry_values(value)))
+    # `entry_values` inline: every LOOKUP replies through here.
+    ino, attr, entry_timeout, attr_timeout, generation = value
+    esecs, ensecs = split_timeout(entry_timeout)
+    asecs, ansecs = split_timeout(attr_timeout)
+    writer.write_at(0, ENTRY_REPLY.pack(ENTRY_REPLY.size, 0, unique, ino, generation,
+                                        esecs, asecs, ensecs, ansecs, *attr))  # fmt: skip
     return ENTRY_REPLY.size
 
 
