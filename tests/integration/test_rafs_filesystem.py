@@ -18,12 +18,14 @@ from backends.cache import CachedBackend, CacheSettings
 from backends.config import LocalFsConfig
 from backends.localfs import LocalFsBackend
 from rafs import open_image
+from tests.support import fuseclient
 from tests.support.fixtures import V5_DIR, V6_DIR, V6_FILES
 from tests.support.frontend import Frontend, FrontendOptions
-from tests.support.fuse_driver import FuseDriver, FuseError
+from tests.support.fuse_driver import FuseDriver, FuseError, parse_dirents
 from vhostfs import daemon
 from vhostfs.fs.chunks import CachedChunks, ChunkSource, DirectChunks
 from vhostfs.fs.rafsfs import RafsFilesystem
+from vhostfs.fuse import abi
 from vhostfs.fuse.filesystem import ROOT_INO, Context
 from vhostfs.fuse.server import FuseServer
 
@@ -135,3 +137,50 @@ async def test_fixture_through_the_data_path(tmp_path: Path, nursery: trio.Nurse
 
     digests = await trio.to_thread.run_sync(guest)
     assert digests == {name: sha for name, (_, sha) in V6_FILES.items()}
+
+
+class _LookedUpByName(RafsFilesystem):
+    """The same image without its own READDIRPLUS: the server looks every entry up."""
+
+    async def readdirplus(self, *args: object, **kwargs: object) -> bool:
+        return False
+
+
+async def _listing(server: FuseServer, nodeid: int, size: int) -> list[bytes]:
+    """Every READDIRPLUS reply payload of one directory, read `size` bytes at a time."""
+    replies: list[bytes] = []
+    offset = 0
+    while True:
+        args = abi.ReadIn(0, offset, size, 0, 0, 0, 0).pack()
+        reply = await fuseclient.call(server, abi.Opcode.READDIRPLUS, nodeid, args)
+        assert reply.error == 0
+        if not reply.payload:
+            return replies
+        replies.append(reply.payload)
+        offset = parse_dirents(reply.payload, plus=True)[-1].off
+
+
+@pytest.mark.parametrize(("image_dir", "entries"), [(V5_DIR, 101), (V6_DIR, 4)], ids=["v5", "v6"])
+async def test_readdirplus_lists_what_lookups_would_tell(image_dir: Path, entries: int) -> None:
+    """RafsFilesystem.readdirplus takes each entry from the listing instead of a lookup by
+    name: every reply, over every directory and at two buffer sizes, is the same bytes."""
+    limiter = trio.CapacityLimiter(1)
+    servers = []
+    for cls in (RafsFilesystem, _LookedUpByName):
+        chunks = DirectChunks(local(image_dir, limiter), limiter)
+        fs = cls(open_image(image_dir / "bootstrap"), chunks)
+        servers.append(FuseServer(fs))
+        await fuseclient.init(servers[-1])
+    fast, by_name = servers
+    directories = [int(ROOT_INO)]
+    listed = 0
+    while directories:
+        nodeid = directories.pop()
+        for size in (4096, 400):
+            ours = await _listing(fast, nodeid, size)
+            assert ours == await _listing(by_name, nodeid, size)
+        for d in parse_dirents(b"".join(ours), plus=True):
+            listed += 1
+            if d.type == stat.S_IFDIR >> 12 and d.name not in (b".", b".."):
+                directories.append(d.entry.nodeid)
+    assert listed == entries  # every directory of the image was walked, dots included
