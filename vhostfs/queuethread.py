@@ -21,6 +21,10 @@ driven inline by the thread. Its coroutine may yield one thing only: a `KernelRe
 waiting behind it, resuming the coroutine when the kernel has copied the data. Anything else
 it yields is a bug: the request fails with a zero-length reply and an error in the log.
 
+When the ring runs empty the thread first polls it for a while, kicks left disabled, for as
+long as the driver has lately been quick to send its next request (pollwindow.py), and
+sleeps only after that.
+
 Notifications are batched as in `virtiofs.QueueRunner`: the interrupt decision is taken when
 the ring is empty or after a batch (ringservice.py). Stopping: the thread leaves at the next
 request boundary (a wake eventfd interrupts its poll), requests handed to trio get
@@ -46,6 +50,7 @@ from vhostfs.dispatch import DispatchLock
 from vhostfs.fdio import drain_eventfd, signal_eventfd
 from vhostfs.iouring import IoUring, open_ring
 from vhostfs.offload import KernelRead
+from vhostfs.pollwindow import PollWindow
 from vhostfs.ringservice import Queue, RingService
 from vhostfs.vhost_user.device import Vring
 from vhostfs.virtio.chain import Chain
@@ -100,6 +105,7 @@ class QueueThread(RingService):
         self._ring: IoUring | None = None
         self._reads: dict[int, tuple[Coroutine[Any, Any, int], Chain]] = {}
         self._next_key = 0
+        self._window = PollWindow()  # how long to poll the ring before sleeping
 
     # -- trio's side ------------------------------------------------------------------------
 
@@ -164,16 +170,19 @@ class QueueThread(RingService):
                     continue
                 if self._unsignalled:
                     self._notify()
-                if self._stopping or self.queue.enable_kicks():
-                    continue  # requests arrived while we were deciding to sleep
-                if self._reads and self._kernel_reads_done_soon():
-                    self.queue.disable_kicks()
+                idle_since = time.perf_counter_ns()
+                if self._work_within(idle_since):
+                    self._window.waited(time.perf_counter_ns() - idle_since)
                     continue
+                if self._stopping or self.queue.enable_kicks():
+                    self._window.waited(time.perf_counter_ns() - idle_since)
+                    continue  # requests arrived while we were deciding to sleep
                 lock.release()
                 try:
                     poller.poll()
                 finally:
                     lock.acquire()
+                self._window.waited(time.perf_counter_ns() - idle_since)
                 drain_eventfd(self._kick)
                 if self._ring is not None:
                     drain_eventfd(self._ring.eventfd)
@@ -244,21 +253,35 @@ class QueueThread(RingService):
             except OSError as exc:
                 value = -exc.errno if exc.errno else -errno.EIO
 
-    def _kernel_reads_done_soon(self) -> bool:
-        """Poll, for up to READ_SPIN_NS, until a kernel read completes or a request arrives.
+    def _work_within(self, idle_since: int) -> bool:
+        """Poll, kicks still disabled, for a request or a kernel read's completion.
 
-        Only while reads are in flight: they finish in microseconds, unlike a guest's next
-        request, which the thread sleeps for.
+        For the adaptive window (pollwindow.py), and while kernel reads are in flight for
+        at least READ_SPIN_NS: they finish in microseconds, unlike a slow guest's next
+        request, which the thread sleeps for. The dispatch lock is let go meanwhile, as in
+        a sleep.
         """
         ring, queue = self._ring, self.queue
-        assert ring is not None
-        deadline = time.perf_counter_ns() + READ_SPIN_NS
-        while True:
-            ring.collect()
-            if ring.ready() or queue.pending():
-                return True
-            if time.perf_counter_ns() >= deadline:
-                return False
+        reads = bool(self._reads)
+        window = max(self._window.ns, READ_SPIN_NS) if reads else self._window.ns
+        if not window:
+            return False
+        deadline = idle_since + window
+        self._lock.release()
+        try:
+            while not self._stopping:
+                if reads:
+                    assert ring is not None
+                    ring.collect()
+                    if ring.ready():
+                        return True
+                if queue.pending():
+                    return True
+                if time.perf_counter_ns() >= deadline:
+                    return False
+            return True
+        finally:
+            self._lock.acquire()
 
     def _finish_reads(self) -> None:
         """Resume the requests whose kernel reads have completed."""
