@@ -38,12 +38,13 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Final, NoReturn
 
-from vhostfs.virtiofs import DEFAULT_WORKERS
+from vhostfs.virtiofs import DEFAULT_POLL_US, DEFAULT_WORKERS
 
 LOG_LEVELS: Final = ("trace", "debug", "info", "warn", "error")
 CACHE_POLICIES: Final = ("none", "auto", "always", "never")  # never: virtiofsd's name for none
 DEFAULT_RLIMIT_NOFILE: Final = 1_000_000
 SUBCOMMANDS: Final = ("virtiofs",)
+MAX_POLL_US: Final = 10_000  # polling longer than this only burns the core
 
 # virtiofsd switches (no value) that Kata users put in virtio_fs_extra_args; we warn.
 VIRTIOFSD_SWITCHES: Final = (
@@ -85,6 +86,7 @@ class DaemonConfig:
     cache: str = "auto"  # guest caching of passthrough mounts (virtiofsd's cache=)
     workers: int = DEFAULT_WORKERS  # requests per queue that may wait at once
     packed: bool = True  # offer packed rings
+    poll_us: int = DEFAULT_POLL_US  # longest a queue polls for the next request (0: never)
     writable: bool = False  # the --shared-dir startup mount accepts writes
     warnings: tuple[str, ...] = ()  # to log once logging is set up (ignored flags)
 
@@ -130,6 +132,9 @@ def build_parser(prog: str, *, nydusd: bool) -> argparse.ArgumentParser:
     p.add_argument("--thread-pool-size", type=int, dest="thread_pool_size",
                    help=("virtiofsd's flag: ignored with a warning under vhostfs-nydusd"
                          if nydusd else "same as --workers"))
+    p.add_argument("--poll-us", type=int, default=DEFAULT_POLL_US, metavar="US",
+                   help=("longest a request queue polls for the next request before it "
+                         "sleeps; adapts to the guest, 0 never polls (default %(default)s)"))
     p.add_argument("--no-packed", dest="packed", action="store_false",
                    help="do not offer packed rings")
     p.add_argument("--writable", action="store_true", default=None,
@@ -204,6 +209,8 @@ def _validate(p: argparse.ArgumentParser, args: argparse.Namespace) -> None:
         p.error("--rlimit-nofile must not be negative")
     if args.log_rotation_size < 0:
         p.error("--log-rotation-size must not be negative")
+    if not 0 <= args.poll_us <= MAX_POLL_US:
+        p.error(f"--poll-us must be between 0 and {MAX_POLL_US}")
     if args.workers is not None and args.workers < 1:
         p.error("--workers must be at least 1")
     if args.thread_pool_size is not None and args.thread_pool_size < 0:
@@ -243,6 +250,7 @@ def parse_args(argv: Sequence[str], *, prog: str = "vhostfs", nydusd: bool = Fal
         log_rotation_size=args.log_rotation_size, rlimit_nofile=args.rlimit_nofile,
         id=args.id, supervisor=args.supervisor, hybrid_mode=args.hybrid_mode,
         dedup_db=args.dedup_db, cache="none" if args.cache == "never" else args.cache,
-        workers=_workers(args, nydusd), packed=args.packed, writable=writable,
+        workers=_workers(args, nydusd), packed=args.packed, poll_us=args.poll_us,
+        writable=writable,
         warnings=tuple(_warnings(args, nydusd)),
     )

@@ -48,7 +48,7 @@ from vhostfs.fs.pseudo import PseudoFilesystem
 from vhostfs.fuse.server import FuseServer
 from vhostfs.state import DaemonEvent, DaemonState, StateMachine
 from vhostfs.vhost_user.session import Session
-from vhostfs.virtiofs import DEFAULT_WORKERS, RequestHandler, VirtioFsDevice
+from vhostfs.virtiofs import DEFAULT_POLL_US, DEFAULT_WORKERS, RequestHandler, VirtioFsDevice
 
 log = logging.getLogger(__name__)
 
@@ -179,7 +179,8 @@ async def _start(
 
     async def frontends() -> None:
         once = config.apisock is None
-        await serve(listener, server, workers=config.workers, packed=config.packed, once=once)
+        await serve(listener, server, workers=config.workers, packed=config.packed,
+                    poll_us=config.poll_us, once=once)  # fmt: skip
         log.info("the frontend left; exiting (no API socket)")
         stopping.set()
 
@@ -261,6 +262,7 @@ async def serve(
     *,
     workers: int = DEFAULT_WORKERS,
     packed: bool = True,
+    poll_us: int = DEFAULT_POLL_US,
     once: bool = True,
 ) -> None:
     """Accept frontends on `listener` and serve them one after another.
@@ -272,7 +274,7 @@ async def serve(
         while True:
             conn, _ = await listener.accept()
             log.info("frontend connected")
-            await serve_frontend(conn, handler, workers=workers, packed=packed)
+            await serve_frontend(conn, handler, workers=workers, packed=packed, poll_us=poll_us)
             log.info("frontend disconnected")
             if once:
                 return
@@ -284,12 +286,15 @@ async def serve_frontend(
     *,
     workers: int = DEFAULT_WORKERS,
     packed: bool = True,
+    poll_us: int = DEFAULT_POLL_US,
 ) -> None:
     """Serve one vhost-user connection until it closes or breaks the protocol."""
     frontend = FrontendSocket(conn)
     try:
         async with trio.open_nursery() as nursery:
-            session = Session(VirtioFsDevice(handler, nursery, workers=workers, packed=packed))
+            device = VirtioFsDevice(handler, nursery, workers=workers, packed=packed,
+                                    poll_us=poll_us)  # fmt: skip
+            session = Session(device)
             try:
                 await _request_loop(frontend, session)
             finally:

@@ -22,25 +22,26 @@ from __future__ import annotations
 
 from typing import Final
 
-MAX_NS: Final = 100_000
+MAX_NS: Final = 100_000  # the default limit (vhostfs --poll-us)
 GROW_START_NS: Final = 10_000
 
 
 class PollWindow:
-    """The current polling window in nanoseconds (0: sleep at once)."""
+    """The current polling window in nanoseconds (0: sleep at once), at most `max_ns`."""
 
-    __slots__ = ("ns",)
+    __slots__ = ("_max", "ns")
 
-    def __init__(self) -> None:
+    def __init__(self, max_ns: int = MAX_NS) -> None:
         self.ns = 0
+        self._max = max_ns
 
     def waited(self, ns: int) -> None:
         """Work came `ns` nanoseconds after the ring ran empty (by polling or a wake-up)."""
         if ns <= self.ns:
             return  # polling caught it
-        if ns > MAX_NS:
+        if ns > self._max:
             # A slow driver (or an idle one): polling would only burn the core. Halved,
             # not dropped, so one late request does not undo a quick driver's window.
             self.ns = half if (half := self.ns // 2) >= GROW_START_NS else 0
         else:
-            self.ns = min(MAX_NS, max(GROW_START_NS, 2 * self.ns))
+            self.ns = min(self._max, max(GROW_START_NS, 2 * self.ns))

@@ -50,6 +50,7 @@ from vhostfs.dispatch import DispatchLock
 from vhostfs.fdio import drain_eventfd, signal_eventfd
 from vhostfs.iouring import IoUring, open_ring
 from vhostfs.offload import KernelRead
+from vhostfs.pollwindow import MAX_NS as MAX_POLL_NS
 from vhostfs.pollwindow import PollWindow
 from vhostfs.ringservice import Queue, RingService
 from vhostfs.vhost_user.device import Vring
@@ -82,6 +83,7 @@ class QueueThread(RingService):
         stop_grace: float,
         workers: int,
         kernel_reads: bool = True,
+        poll_ns: int = MAX_POLL_NS,
     ) -> None:
         assert vring.kick is not None  # the session starts only rings with a kick fd
         super().__init__(vring, queue, notify_batch, workers)
@@ -105,7 +107,7 @@ class QueueThread(RingService):
         self._ring: IoUring | None = None
         self._reads: dict[int, tuple[Coroutine[Any, Any, int], Chain]] = {}
         self._next_key = 0
-        self._window = PollWindow()  # how long to poll the ring before sleeping
+        self._window = PollWindow(poll_ns)  # how long to poll the ring before sleeping
 
     # -- trio's side ------------------------------------------------------------------------
 

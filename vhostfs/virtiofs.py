@@ -44,6 +44,7 @@ import trio
 from vhostfs.dispatch import current_dispatch_lock
 from vhostfs.errors import ChainError, GuestMemoryError
 from vhostfs.fdio import drain_eventfd, signal_eventfd
+from vhostfs.pollwindow import MAX_NS as MAX_POLL_NS
 from vhostfs.queuethread import QueueThread
 from vhostfs.ratelog import RateLimitedLog
 from vhostfs.ringservice import Queue, RingService
@@ -63,6 +64,8 @@ T = TypeVar("T")
 MAX_QUEUES: Final = 64
 # Workers per queue: requests that may be suspended at once (like virtiofsd's thread pool).
 DEFAULT_WORKERS: Final = 16
+# Longest a queue thread polls its empty ring for the next request (pollwindow.py).
+DEFAULT_POLL_US: Final = MAX_POLL_NS // 1000
 # Seconds in-flight requests may take to finish when a queue stops.
 STOP_GRACE: Final = 5.0
 # The fewest completions an interrupt waits for while more requests are queued. Beyond it,
@@ -254,8 +257,10 @@ class VirtioFsDevice:
         workers: int = DEFAULT_WORKERS,
         packed: bool = True,
         threads: bool = True,
+        poll_us: int = DEFAULT_POLL_US,
     ) -> None:
         self._handler = handler
+        self._poll_ns = poll_us * 1000  # longest a queue thread polls its empty ring
         self._threads = threads  # request queues served by queue threads (queuethread.py)
         self._nursery = nursery
         self._workers = workers
@@ -301,6 +306,7 @@ class VirtioFsDevice:
                 notify_batch=NOTIFY_BATCH,
                 stop_grace=STOP_GRACE,
                 workers=self._workers,
+                poll_ns=self._poll_ns,
             )
         self._runners[vring.index] = runner
         self._nursery.start_soon(runner.run)

@@ -77,6 +77,12 @@ def test_thread_pool_size_is_the_worker_count_for_vhostfs() -> None:
     assert nydusd("virtiofs", "--sock", "s", "--workers", "3").workers == 3
 
 
+def test_poll_us_is_the_queue_polling_limit() -> None:
+    assert parse_args(["virtiofs", "--sock", "s"]).poll_us == 100
+    assert parse_args(["virtiofs", "--sock", "s", "--poll-us", "0"]).poll_us == 0
+    assert nydusd("virtiofs", "--sock", "s", "--poll-us", "40").poll_us == 40
+
+
 def test_every_nydusd_flag(tmp_path: Path) -> None:
     config = nydusd(
         "virtiofs", "--sock", "s", "-A", "api", "-C", "cfg.json", "-B", "boot",
@@ -144,6 +150,8 @@ def test_cache_policy() -> None:
     ["virtiofs", "--sock", "s", "--rlimit-nofile", "-1"],
     ["virtiofs", "--sock", "s", "--rlimit-nofile", "many"],
     ["virtiofs", "--sock", "s", "--workers", "0"],
+    ["virtiofs", "--sock", "s", "--poll-us", "-1"],
+    ["virtiofs", "--sock", "s", "--poll-us", "10001"],
 ])
 def test_usage_errors_exit_2(capsys: pytest.CaptureFixture[str], argv: list[str]) -> None:
     err = usage_error(capsys, *argv)

@@ -45,3 +45,19 @@ def test_a_slow_driver_never_gets_polled_for() -> None:
     for _ in range(100):
         window.waited(2 * MAX_NS)  # e.g. a TCG guest's gap between a reply and a request
         assert window.ns == 0
+
+
+def test_a_limit_of_zero_never_polls() -> None:
+    window = PollWindow(0)  # vhostfs --poll-us 0
+    for _ in range(10):
+        window.waited(1_000)
+        assert window.ns == 0
+
+
+def test_a_lower_limit_caps_the_window() -> None:
+    window = PollWindow(30_000)
+    for _ in range(10):
+        window.waited(25_000)
+    assert window.ns == 30_000
+    window.waited(31_000)  # beyond the limit: a slow request
+    assert window.ns == 15_000
