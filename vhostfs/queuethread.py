@@ -281,6 +281,10 @@ class QueueThread(RingService):
                     return True
                 if time.perf_counter_ns() >= deadline:
                     return False
+                # Whoever else is runnable on this core goes first: on a small host that is
+                # often the very thread that must deliver our interrupt (QEMU's event loop
+                # under TCG), and polling over its head delays the next request instead.
+                os.sched_yield()
             return True
         finally:
             self._lock.acquire()
