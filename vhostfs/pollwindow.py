@@ -11,7 +11,8 @@ Polling only pays when the next request comes within the window, so the window f
 driver (KVM's halt_poll_ns rules): a wait the window covered keeps it; a short wait it did
 not cover grows it (from GROW_START_NS, doubling, at most MAX_NS); a wait longer than MAX_NS
 halves it (below GROW_START_NS: zero). A driver slower than MAX_NS keeps the window at zero:
-the thread sleeps at once, as without polling, and costs no CPU. MAX_NS is KVM's default
+the thread sleeps at once, as without polling, and costs no CPU. While polling, the thread
+yields its core between looks (queuethread.py says why). MAX_NS is KVM's default
 halt-polling limit halved: with 50 us, one wait in ten at the socket (the driver's 20-25 us
 round trip has a tail) fell outside and READ 128 KiB at one in flight got 10.5k/s, not 14k/s.
 
