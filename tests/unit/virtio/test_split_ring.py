@@ -207,11 +207,7 @@ def test_a_table_sent_again_is_not_decoded_again_until_the_memory_table_changes(
     pages = [(DATA + 0x2000 * i, 4096) for i in range(40)]
     entries = [(DATA - 0x1000, 40, 0)] + [(a, n, F_WRITE) for a, n in pages]
 
-    write_table(memory, entries)
-    for slot in range(3):
-        put_desc(memory, DESC, slot, 0x4000, 16 * len(entries), F_INDIRECT, 0)
-    publish(memory, [0, 1])
-    q = queue(memory)
+    q = _one_table_in_three_slots(memory, entries)
     first, second = q.pop(), q.pop()
     assert first is not None and second is not None
     assert second.writable is first.writable  # decoded once, shared (never mutated)
@@ -230,6 +226,17 @@ def test_a_table_sent_again_is_not_decoded_again_until_the_memory_table_changes(
     assert memory.translations == {}
 
 
+def _one_table_in_three_slots(
+    memory: GuestMemory, entries: list[tuple[int, int, int]]
+) -> SplitQueue:
+    """The indirect table `entries` behind ring slots 0-2; slots 0 and 1 made available."""
+    write_table(memory, entries)
+    for slot in range(3):
+        put_desc(memory, DESC, slot, 0x4000, 16 * len(entries), F_INDIRECT, 0)
+    publish(memory, [0, 1])
+    return queue(memory)
+
+
 def _spare_region() -> tuple[MemRegion, int]:
     fd = os.memfd_create("spare")
     os.ftruncate(fd, 0x1000)
@@ -244,11 +251,7 @@ def test_a_short_table_sent_again_reuses_its_walk_and_never_a_stale_one(
     entries = [(DATA, 40, 0), (DATA + 40, 16, 0), (DATA + 0x1000, 16, F_WRITE),
                (DATA + 0x2000, 4096, F_WRITE)]  # fmt: skip
 
-    write_table(memory, entries)
-    for slot in range(3):
-        put_desc(memory, DESC, slot, 0x4000, 16 * len(entries), F_INDIRECT, 0)
-    publish(memory, [0, 1])
-    q = queue(memory)
+    q = _one_table_in_three_slots(memory, entries)
     first, second = q.pop(), q.pop()
     assert first is not None and second is not None and first.error is None
     # The header and arguments are contiguous: one view. Reused, in lists of their own.
