@@ -81,12 +81,9 @@ class InodeTable(Generic[K, V]):
 
     def ref(self, key: K, make: Callable[[], V]) -> tuple[Ino, V]:
         """Count one more guest reference to the node for `key`, creating it if needed."""
-        ino = self._by_key.get(key)
+        ino = self.ref_known(key)
         if ino is not None:
-            slot = self._slots[ino]
-            if ino != ROOT_INO:
-                slot.lookups += 1
-            return ino, slot.value
+            return ino, self._slots[ino].value
         ino = Ino(self._next)
         self._next += 1
         value = make()

@@ -315,13 +315,14 @@ class Operations:
         limit = min(size, writer.capacity - HDR)
         listed = replies.PlusReply(limit, self.fs.forget)
         try:
-            if await self.fs.readdirplus(ctx, _ino(nodeid), _fh(fh), offset, listed):
-                return replies.payload(writer, unique, listed.payload)
+            filled = await self.fs.readdirplus(ctx, _ino(nodeid), _fh(fh), offset, listed)
         except Exception:
             # Its entries' lookups are counted: send them; the guest asks again from the
             # last one and gets the error then, with nothing counted.
             if not listed.payload:
                 raise
+            filled = True
+        if filled:
             return replies.payload(writer, unique, listed.payload)
         buf = bytearray()
         entries = await self.fs.readdir(ctx, _ino(nodeid), _fh(fh), offset)
@@ -378,10 +379,10 @@ def _sized_reply(writer: ChainWriter, unique: int, size: int, value: bytes) -> i
 
 
 def _valid(entries: Iterator[DirEntry]) -> Iterator[DirEntry]:
-    """Drop entries no guest may see: empty names, '/' or NUL inside."""
+    """Drop entries no guest may see (`replies.listable`)."""
+    listable = replies.listable
     for d in entries:
-        name = d.name
-        if name and b"/" not in name and b"\0" not in name:
+        if listable(d.name):
             yield d
 
 

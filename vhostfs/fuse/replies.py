@@ -172,6 +172,11 @@ def direntplus(
         buf += bytes(pad)
 
 
+def listable(name: bytes) -> bool:
+    """Whether a directory entry's name may reach the guest: not empty, no '/' or NUL."""
+    return bool(name) and b"/" not in name and b"\0" not in name
+
+
 _PLUS_RECORD: Final = DIRENTPLUS_SIZE + 7  # a record is this plus its name, 8-aligned
 _PADDING: Final = tuple(bytes(n) for n in range(8))
 
@@ -206,7 +211,7 @@ class PlusReply:
         buf = self.payload
         if len(buf) + ((_PLUS_RECORD + len(name)) & ~7) > self._limit:
             return False
-        if not name or b"/" in name or b"\0" in name:
+        if not listable(name):
             if looked_up is not None:
                 self._forget(looked_up.ino, 1)
             return True
@@ -218,7 +223,7 @@ class PlusReply:
         buf = self.payload
         if len(buf) + ((_PLUS_RECORD + len(name)) & ~7) > self._limit:
             return False
-        if not name or b"/" in name or b"\0" in name:
+        if not name or b"/" in name or b"\0" in name:  # `listable`, inline: once per name
             self._forget(node, 1)
             return True
         secs, nsecs = split_timeout(timeout)
